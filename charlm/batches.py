@@ -1,0 +1,120 @@
+"""Splits and batch iterators over an id array (NumPy, so a memory map works as well as RAM).
+
+Training reads contiguous streams: the train split is cut into `batch_size` equal streams and each
+step takes the next `seq_len` characters of every stream, so the hidden state at the end of one
+batch is the right state to start the next (truncated backprop through time). Each epoch shifts the
+cut by a seeded offset so window edges fall in new places; the position is two integers, which a
+checkpoint saves and restores.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from charlm.errors import CharlmError
+
+
+@dataclass(frozen=True)
+class Splits:
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+
+    def get(self, name: str) -> np.ndarray:
+        if name not in ("train", "val", "test"):
+            raise CharlmError(f"split {name!r}: expected train, val or test")
+        return getattr(self, name)
+
+
+def split_ids(ids: np.ndarray, val_fraction: float, test_fraction: float = 0.0) -> Splits:
+    """Contiguous split: train first, then val, then test at the very end."""
+    n = len(ids)
+    n_test = round(n * test_fraction)
+    n_val = round(n * val_fraction)
+    n_train = n - n_val - n_test
+    return Splits(
+        train=ids[:n_train], val=ids[n_train : n_train + n_val], test=ids[n_train + n_val :]
+    )
+
+
+@dataclass
+class StreamPosition:
+    """Where the stream batcher is: the epoch (which fixes the offset) and the step within it."""
+
+    epoch: int = 0
+    index: int = 0
+
+
+class StreamBatcher:
+    """Contiguous (x, y) batches of shape [batch_size, seq_len] with state carried across them."""
+
+    def __init__(self, ids: np.ndarray, batch_size: int, seq_len: int, seed: int = 0) -> None:
+        self.ids = ids
+        self.batch_size = batch_size
+        self.seq_len = seq_len
+        self.seed = seed
+        # One spare character per epoch for the offset and one for the shifted target.
+        self.stream_len = (len(ids) - seq_len) // batch_size
+        self.steps_per_epoch = (self.stream_len - 1) // seq_len
+        if self.steps_per_epoch < 1:
+            need = batch_size * (2 * seq_len + 1) + seq_len
+            raise CharlmError(
+                f"the train split has {len(ids):,} characters, too few for batch_size={batch_size}"
+                f" x seq_len={seq_len}; need at least {need:,} (lower train.batch_size or "
+                f"train.seq_len, or use a larger corpus)"
+            )
+        self.position = StreamPosition()
+
+    def _offset(self, epoch: int) -> int:
+        if epoch == 0:
+            return 0
+        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return int(torch.randint(0, self.seq_len, (1,), generator=gen))
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        """The next batch as int64 tensors, and whether it starts a new epoch (reset the state)."""
+        pos = self.position
+        if pos.index >= self.steps_per_epoch:
+            pos.epoch, pos.index = pos.epoch + 1, 0
+        fresh = pos.index == 0
+        off = self._offset(pos.epoch)
+        streams = self.ids[off : off + self.batch_size * self.stream_len].reshape(
+            self.batch_size, self.stream_len
+        )
+        start = pos.index * self.seq_len
+        window = np.ascontiguousarray(streams[:, start : start + self.seq_len + 1])
+        chunk = torch.from_numpy(window.astype(np.int64))
+        pos.index += 1
+        return chunk[:, :-1], chunk[:, 1:], fresh
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.position.epoch, "index": self.position.index}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.position = StreamPosition(int(state["epoch"]), int(state["index"]))
+
+
+def eval_segments(ids: np.ndarray, streams: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Cut a split into `streams` contiguous segments of (input, target) pairs, side by side.
+
+    Every character after the first is a target exactly once. The ragged end is padded with
+    target -1 (ignored by the loss). Returns inputs, targets ([streams, length]) and the count of
+    scored characters.
+    """
+    pairs = len(ids) - 1
+    if pairs < 1:
+        raise CharlmError(f"a split of {len(ids)} character(s) is too short to score; need >= 2")
+    streams = max(1, min(streams, pairs))
+    length = -(-pairs // streams)
+    x = np.zeros(streams * length, dtype=np.int64)
+    y = np.full(streams * length, -1, dtype=np.int64)
+    x[:pairs] = ids[:-1]
+    y[:pairs] = ids[1:]
+    return (
+        torch.from_numpy(x.reshape(streams, length)),
+        torch.from_numpy(y.reshape(streams, length)),
+        pairs,
+    )

@@ -1,0 +1,209 @@
+"""Self-contained, crash-safe checkpoints in one safetensors file.
+
+A checkpoint is everything needed to sample, evaluate or resume: model weights, optimizer state,
+the carried hidden state and RNG states as tensors, and a JSON record (config, vocabulary, step,
+time, metrics, data position) in the file's metadata. Loading parses a header and raw tensors; it
+never unpickles, so a hostile file cannot run code. Writes go to a temporary file that is fsynced
+and renamed into place, so a crash or a full disk never leaves a half-written checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save as safetensors_save
+
+from charlm.errors import CharlmError
+
+FORMAT = "charlm-checkpoint"
+VERSION = 1
+SUFFIX = ".safetensors"
+BEST_NAME = "best" + SUFFIX
+_STEP_RE = re.compile(r"^step-(\d+)\.safetensors$")
+
+
+@dataclass
+class Checkpoint:
+    """A loaded checkpoint: the JSON record and its tensors grouped by prefix."""
+
+    path: Path
+    record: dict[str, Any]
+    tensors: dict[str, torch.Tensor]
+
+    def group(self, prefix: str) -> dict[str, torch.Tensor]:
+        """Tensors under `prefix/`, with the prefix removed."""
+        head = prefix + "/"
+        return {k[len(head) :]: v for k, v in self.tensors.items() if k.startswith(head)}
+
+    @property
+    def step(self) -> int:
+        return int(self.record["step"])
+
+
+def step_name(step: int) -> str:
+    return f"step-{step:08d}{SUFFIX}"
+
+
+def pack_optimizer(state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Split an optimizer state_dict into tensors and a JSON-able remainder."""
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for idx, per_param in state["state"].items():
+        for key, value in per_param.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"{idx}/{key}"] = value
+            else:
+                scalars.setdefault(str(idx), {})[key] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def unpack_optimizer(tensors: dict[str, torch.Tensor], record: dict[str, Any]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for name, value in tensors.items():
+        idx, key = name.split("/", 1)
+        state.setdefault(int(idx), {})[key] = value
+    for idx, values in record.get("scalars", {}).items():
+        state.setdefault(int(idx), {}).update(values)
+    return {"state": state, "param_groups": record["param_groups"]}
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write via a temporary file in the same folder, fsync, rename, fsync the folder."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as e:
+        tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise CharlmError(
+                f"{path}: could not write the checkpoint ({e.strerror or e}); "
+                f"the previous checkpoint is intact"
+            ) from None
+        raise
+    _fsync_dir(path.parent)
+
+
+def save_checkpoint(path: Path, tensors: dict[str, torch.Tensor], record: dict[str, Any]) -> None:
+    """Save tensors (flat, '/'-separated names) and a JSON record atomically to `path`."""
+    meta = {"format": FORMAT, "version": VERSION, **record}
+    cpu = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+    data = safetensors_save(cpu, metadata={"charlm": json.dumps(meta)})
+    atomic_write_bytes(path, data)
+
+
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """Load a checkpoint onto the CPU; anything that is not a complete charlm file is an error."""
+    path = Path(path)
+    if not path.is_file():
+        raise CharlmError(f"{path}: checkpoint not found")
+    if path.stat().st_size == 0:
+        raise CharlmError(f"{path}: is empty (0 bytes); not a valid charlm checkpoint")
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not a dict)
+    except Exception as e:  # safetensors raises several types for damaged files
+        reason = " ".join(str(e).split())[:120]
+        raise CharlmError(f"{path}: not a valid charlm checkpoint ({reason})") from None
+    try:
+        record = json.loads(meta["charlm"])
+        if record.get("format") != FORMAT:
+            raise ValueError("wrong format tag")
+    except (KeyError, ValueError, TypeError, AttributeError):
+        raise CharlmError(
+            f"{path}: not a valid charlm checkpoint (a safetensors file without charlm metadata)"
+        ) from None
+    if int(record.get("version", 0)) > VERSION:
+        raise CharlmError(
+            f"{path}: checkpoint format version {record['version']} is newer than this charlm "
+            f"reads ({VERSION}); upgrade charlm"
+        )
+    return Checkpoint(path=path, record=record, tensors=tensors)
+
+
+def step_checkpoints(folder: Path) -> list[tuple[int, Path]]:
+    """(step, path) of the step checkpoints in a folder, oldest first."""
+    if not folder.is_dir():
+        return []
+    found = []
+    for p in folder.iterdir():
+        m = _STEP_RE.match(p.name)
+        if m and p.is_file():
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def find_checkpoint(run: str | Path) -> Path:
+    """The checkpoint a RUN argument means: a file itself, or a run's best, else its newest."""
+    path = Path(run)
+    if path.is_file():
+        return path
+    if not path.exists():
+        raise CharlmError(f"{path}: no such run folder or checkpoint file")
+    for folder in (path / "checkpoints", path):
+        if (folder / BEST_NAME).is_file():
+            return folder / BEST_NAME
+        steps = step_checkpoints(folder)
+        if steps:
+            return steps[-1][1]
+    raise CharlmError(f"{path}: holds no checkpoint (expected checkpoints/*{SUFFIX})")
+
+
+def prune(folder: Path, keep_last: int) -> None:
+    """Delete all but the newest `keep_last` step checkpoints (the best is a separate file)."""
+    for _, p in step_checkpoints(folder)[:-keep_last]:
+        p.unlink(missing_ok=True)
+
+
+@dataclass
+class Loaded:
+    """A model ready to use, with what it was trained with."""
+
+    model: Any  # CharLM
+    vocab: Any  # Vocab
+    config: Any  # Config
+    checkpoint: Checkpoint
+
+
+def load_model(run: str | Path, device: str = "auto") -> Loaded:
+    """Load the checkpoint a RUN argument means and rebuild its model in eval mode."""
+    from charlm.config import config_from_dict
+    from charlm.model import CharLM, resolve_device
+    from charlm.vocab import Vocab
+
+    path = find_checkpoint(run)
+    ckpt = load_checkpoint(path)
+    config = config_from_dict(ckpt.record.get("config"), where=f"{path} (config record)")
+    vocab = Vocab.from_dict(ckpt.record.get("vocab"))
+    model = CharLM(config.model, len(vocab))
+    try:
+        model.load_state_dict(ckpt.group("model"))
+    except RuntimeError as e:
+        first = str(e).strip().splitlines()[0]
+        raise CharlmError(f"{path}: weights do not match the recorded model ({first})") from None
+    model.to(resolve_device(device)).eval()
+    return Loaded(model=model, vocab=vocab, config=config, checkpoint=ckpt)

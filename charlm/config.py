@@ -1,0 +1,357 @@
+"""Typed, validated experiment configuration: YAML file + dotted `key=value` overrides.
+
+A config is three frozen dataclasses (`data`, `model`, `train`) with their defaults beside them.
+Values are converted by the declared type, never by YAML's guess (PyYAML reads `3e-4` as a
+string), and every mistake names the dotted key, the value and what is accepted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from charlm.errors import CharlmError
+
+BUILTIN_CORPUS = "builtin:stdlib"
+
+
+def _help(text: str) -> Any:
+    return {"help": text}
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    corpus: str | None = field(
+        default=None,
+        metadata=_help(
+            "Text file, folder (all text files under it, sorted) or glob. Empty means the "
+            f"built-in corpus `{BUILTIN_CORPUS}` (this Python's standard-library sources)."
+        ),
+    )
+    val_fraction: float = field(default=0.1, metadata=_help("Last fraction of the text for val."))
+    test_fraction: float = field(
+        default=0.0, metadata=_help("Fraction at the very end for test (0: no test split).")
+    )
+    encoding: str = field(default="utf-8", metadata=_help("Text encoding of the corpus files."))
+    errors: Literal["strict", "replace"] = field(
+        default="strict",
+        metadata=_help("Undecodable bytes: `strict` stops with an error, `replace` uses U+FFFD."),
+    )
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    cell: Literal["lstm", "gru"] = field(default="lstm", metadata=_help("Recurrent cell."))
+    embedding_dim: int = field(default=64, metadata=_help("Size of the character embedding."))
+    hidden_size: int = field(default=256, metadata=_help("Hidden units per recurrent layer."))
+    num_layers: int = field(default=2, metadata=_help("Stacked recurrent layers."))
+    dropout: float = field(
+        default=0.0, metadata=_help("Dropout between layers and before the output head.")
+    )
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    batch_size: int = field(default=32, metadata=_help("Parallel streams per step."))
+    seq_len: int = field(default=128, metadata=_help("Characters per stream per step (BPTT)."))
+    lr: float = field(default=3e-3, metadata=_help("Peak learning rate (AdamW)."))
+    min_lr_ratio: float = field(
+        default=0.05, metadata=_help("Cosine decay ends at lr * min_lr_ratio.")
+    )
+    warmup_steps: int = field(default=50, metadata=_help("Linear warm-up steps."))
+    weight_decay: float = field(default=0.0, metadata=_help("AdamW weight decay."))
+    max_steps: int | None = field(
+        default=2000, metadata=_help("Step budget (empty: none). The first budget hit stops.")
+    )
+    max_time: float | None = field(
+        default=None, metadata=_help("Training-time budget in seconds (empty: none).")
+    )
+    eval_interval: int = field(default=200, metadata=_help("Steps between val evaluations."))
+    eval_chars: int | None = field(
+        default=None,
+        metadata=_help("Cap interval evals to the first N val characters (the final is whole)."),
+    )
+    eval_streams: int = field(
+        default=20, metadata=_help("Val is scored as this many contiguous segments side by side.")
+    )
+    log_interval: int = field(default=10, metadata=_help("Steps between metrics.jsonl lines."))
+    checkpoint_interval: int = field(default=500, metadata=_help("Steps between checkpoints."))
+    keep_last: int = field(default=3, metadata=_help("Step checkpoints kept (plus the best)."))
+    grad_clip: float = field(
+        default=1.0, metadata=_help("Clip the global gradient norm to this (0: off).")
+    )
+    seed: int = field(default=1337, metadata=_help("Seed for weights, dropout and sampling."))
+    device: Literal["auto", "cpu", "cuda"] = field(
+        default="auto", metadata=_help("`auto` takes CUDA when present.")
+    )
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+SECTIONS: dict[str, type] = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig}
+
+
+def all_keys() -> list[str]:
+    """Every valid dotted key, in declaration order."""
+    return [f"{s}.{f.name}" for s, cls in SECTIONS.items() for f in dataclasses.fields(cls)]
+
+
+def describe_keys() -> list[tuple[str, str, Any, str]]:
+    """(key, type, default, help) for every key: the source of the README's config reference."""
+    rows = []
+    for section, cls in SECTIONS.items():
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            rows.append(
+                (f"{section}.{f.name}", _type_name(hints[f.name]), f.default, f.metadata["help"])
+            )
+    return rows
+
+
+def _suggest(key: str) -> str:
+    keys = all_keys()
+    match = difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
+    if not match:
+        tail = key.rsplit(".", 1)[-1]
+        match = [k for k in keys if k.rsplit(".", 1)[-1] == tail] or difflib.get_close_matches(
+            tail, keys, n=1, cutoff=0.6
+        )
+    return f" (did you mean {match[0]}?)" if match else ""
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " | ".join(str(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in typing.get_args(tp) if a is not type(None)]
+        return f"{_type_name(inner[0])} or empty"
+    names = {int: "whole number", float: "number", str: "string", bool: "true/false"}
+    return names.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+_NULLS = {"null", "none", "~", ""}
+_TRUE = {"true", "yes", "on", "1"}
+_FALSE = {"false", "no", "off", "0"}
+
+
+def _coerce(key: str, value: Any, tp: Any) -> Any:
+    """Convert one raw value (from YAML or the command line) to the declared type."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.strip().lower() in _NULLS):
+            return None
+        inner = [a for a in typing.get_args(tp) if a is not type(None)]
+        return _coerce(key, value, inner[0])
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        text = value.strip().lower() if isinstance(value, str) else value
+        if text not in choices:
+            raise CharlmError(
+                f"{key}: {value!r} is not accepted; expected one of {', '.join(choices)}"
+            )
+        return text
+    bad = CharlmError(f"{key}: {value!r} is not a valid {_type_name(tp)}")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
+            return value.strip().lower() in _TRUE
+        raise bad
+    if tp is int:
+        if isinstance(value, bool):
+            raise bad
+        if isinstance(value, int):
+            return value
+        try:
+            number = float(value) if isinstance(value, (str, float)) else None
+        except ValueError:
+            number = None
+        if number is None or not math.isfinite(number) or not number.is_integer():
+            raise bad
+        return int(number)
+    if tp is float:
+        if isinstance(value, bool):
+            raise bad
+        try:
+            number = float(value) if isinstance(value, (int, float, str)) else None
+        except ValueError:
+            number = None
+        if number is None or not math.isfinite(number):
+            raise bad
+        return number
+    if tp is str:
+        if not isinstance(value, str):
+            raise bad
+        return value
+    raise TypeError(f"unsupported config type {tp!r} for {key}")  # a bug, not a user error
+
+
+def _check(ok: bool, key: str, value: Any, expected: str) -> None:
+    if not ok:
+        raise CharlmError(f"{key}: {value!r} is out of range; expected {expected}")
+
+
+def validate(config: Config) -> Config:
+    """Reject values that would fail later or train nonsense; return the config unchanged."""
+    d, m, t = config.data, config.model, config.train
+    _check(0 < d.val_fraction < 1, "data.val_fraction", d.val_fraction, "a number in (0, 1)")
+    _check(0 <= d.test_fraction < 1, "data.test_fraction", d.test_fraction, "a number in [0, 1)")
+    _check(
+        d.val_fraction + d.test_fraction < 1,
+        "data.test_fraction",
+        d.test_fraction,
+        "val_fraction + test_fraction < 1",
+    )
+    try:
+        "".encode(d.encoding)
+    except LookupError:
+        raise CharlmError(
+            f"data.encoding: {d.encoding!r} is not a known text encoding (e.g. utf-8, latin-1)"
+        ) from None
+    for name in ("embedding_dim", "hidden_size", "num_layers"):
+        value = getattr(m, name)
+        _check(value >= 1, f"model.{name}", value, "a positive whole number")
+    _check(0 <= m.dropout < 1, "model.dropout", m.dropout, "a number in [0, 1)")
+    for name in ("batch_size", "seq_len", "eval_interval", "eval_streams", "log_interval"):
+        value = getattr(t, name)
+        _check(value >= 1, f"train.{name}", value, "a positive whole number")
+    _check(t.checkpoint_interval >= 1, "train.checkpoint_interval", t.checkpoint_interval, ">= 1")
+    _check(t.keep_last >= 1, "train.keep_last", t.keep_last, "a positive whole number")
+    _check(t.lr > 0, "train.lr", t.lr, "a number > 0")
+    _check(0 <= t.min_lr_ratio <= 1, "train.min_lr_ratio", t.min_lr_ratio, "a number in [0, 1]")
+    _check(t.warmup_steps >= 0, "train.warmup_steps", t.warmup_steps, ">= 0")
+    _check(t.weight_decay >= 0, "train.weight_decay", t.weight_decay, ">= 0")
+    _check(t.grad_clip >= 0, "train.grad_clip", t.grad_clip, ">= 0 (0 turns clipping off)")
+    _check(t.seed >= 0, "train.seed", t.seed, ">= 0")
+    if t.max_steps is not None:
+        _check(t.max_steps >= 1, "train.max_steps", t.max_steps, "a positive whole number")
+    if t.max_time is not None:
+        _check(t.max_time > 0, "train.max_time", t.max_time, "a number of seconds > 0")
+    if t.eval_chars is not None:
+        _check(t.eval_chars >= 2, "train.eval_chars", t.eval_chars, ">= 2 or empty")
+    if t.max_steps is None and t.max_time is None:
+        raise CharlmError("train.max_steps and train.max_time are both empty; set at least one")
+    return config
+
+
+def _section_from_mapping(section: str, raw: Mapping[str, Any], where: str) -> Any:
+    cls = SECTIONS[section]
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    values = {}
+    for name, value in raw.items():
+        key = f"{section}.{name}"
+        if name not in names:
+            raise CharlmError(f"{where}: unknown config key {key}{_suggest(key)}")
+        values[name] = _coerce(key, value, hints[name])
+    return cls(**values)
+
+
+def config_from_dict(raw: Any, where: str = "config") -> Config:
+    """Build and validate a Config from a nested mapping (a YAML file or a checkpoint's record)."""
+    if not isinstance(raw, Mapping):
+        raise CharlmError(
+            f"{where}: expected a mapping with sections data, model, train; "
+            f"got {type(raw).__name__}"
+        )
+    sections = {}
+    for section, body in raw.items():
+        if section not in SECTIONS:
+            raise CharlmError(
+                f"{where}: unknown config section {section!r}{_suggest(str(section))}; "
+                f"expected {', '.join(SECTIONS)}"
+            )
+        if body is None:
+            body = {}
+        if not isinstance(body, Mapping):
+            raise CharlmError(f"{where}: section {section!r} must be a mapping of keys to values")
+        sections[section] = _section_from_mapping(section, body, where)
+    return validate(Config(**sections))
+
+
+def config_to_dict(config: Config) -> dict[str, dict[str, Any]]:
+    return dataclasses.asdict(config)
+
+
+def read_yaml(path: Path) -> Any:
+    """Parse a YAML file safely (no Python tags), with line and column in syntax errors."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise CharlmError(f"{path}: config file not found") from None
+    except IsADirectoryError:
+        raise CharlmError(f"{path}: is a folder; expected a YAML config file") from None
+    except UnicodeDecodeError as e:
+        raise CharlmError(f"{path}: not UTF-8 text (byte offset {e.start})") from None
+    except OSError as e:
+        raise CharlmError(f"{path}: cannot read config ({e.strerror})") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = " ".join(str(e.problem or e.context or "invalid YAML").split())
+        raise CharlmError(f"{path}: YAML error at {where}{problem}") from None
+    except yaml.YAMLError as e:
+        raise CharlmError(f"{path}: invalid YAML ({' '.join(str(e).split())})") from None
+    if raw is None:
+        raise CharlmError(f"{path}: the file is empty; expected a mapping of sections")
+    return raw
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply `section.key=value` strings on top of a nested mapping (later ones win)."""
+    merged: dict[str, Any] = {s: dict(raw.get(s) or {}) for s in raw}
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise CharlmError(f"override {item!r}: expected KEY=VALUE, e.g. train.lr=3e-4")
+        section, dot, name = key.partition(".")
+        if not dot or key not in all_keys():
+            raise CharlmError(f"override {item!r}: unknown config key {key}{_suggest(key)}")
+        merged.setdefault(section, {})
+        if not isinstance(merged[section], dict):
+            raise CharlmError(f"override {item!r}: section {section!r} is not a mapping")
+        merged[section][name] = value
+    return merged
+
+
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> Config:
+    """The config a run uses: defaults, then the YAML file (if any), then the overrides."""
+    raw: Any = {}
+    where = "config"
+    if path is not None:
+        raw = read_yaml(Path(path))
+        where = str(path)
+        if not isinstance(raw, Mapping):
+            raise CharlmError(
+                f"{path}: expected a mapping with sections data, model, train at the top level; "
+                f"got {type(raw).__name__}"
+            )
+        raw = dict(raw)
+        for section, body in raw.items():
+            if section in SECTIONS and body is not None and not isinstance(body, Mapping):
+                raise CharlmError(
+                    f"{path}: section {section!r} must be a mapping of keys to values"
+                )
+    return config_from_dict(apply_overrides(raw, overrides), where=where)
+
+
+def dump_yaml(config: Config) -> str:
+    return yaml.safe_dump(config_to_dict(config), sort_keys=False, default_flow_style=False)

@@ -1,0 +1,115 @@
+"""Score a model: mean cross-entropy in nats per character, bits per character, perplexity.
+
+The split is scored in order with the hidden state carried, the standard way for character models
+(short windows from a fresh state read worse and are not comparable). For speed it is cut into a
+few long contiguous segments scored side by side, each carrying its own state; `streams` records
+how many, and `streams=1` is the exact single-pass score.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from charlm.batches import eval_segments, split_ids
+from charlm.errors import CharlmError
+from charlm.model import CharLM
+
+EVAL_CHUNK = 256
+
+
+@dataclass(frozen=True)
+class EvalResult:
+    loss: float
+    bpc: float
+    perplexity: float
+    chars: int
+    streams: int
+    seconds: float
+
+    @property
+    def chars_per_s(self) -> float:
+        return self.chars / self.seconds if self.seconds > 0 else float("inf")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "chars_per_s": round(self.chars_per_s, 1)}
+
+
+@torch.no_grad()
+def evaluate_ids(
+    model: CharLM, ids: np.ndarray, streams: int = 20, chunk_len: int = EVAL_CHUNK
+) -> EvalResult:
+    """Mean next-character loss over every character of `ids` after the first."""
+    start = time.perf_counter()
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    x, y, count = eval_segments(ids, streams)
+    x, y = x.to(device), y.to(device)
+    state = model.init_state(x.shape[0], device)
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    for t in range(0, x.shape[1], chunk_len):
+        logits, state = model(x[:, t : t + chunk_len], state)
+        total += F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]).float(),
+            y[:, t : t + chunk_len].reshape(-1),
+            ignore_index=-1,
+            reduction="sum",
+        ).double()
+    model.train(was_training)
+    loss = float(total) / count
+    return EvalResult(
+        loss=loss,
+        bpc=loss / math.log(2),
+        perplexity=math.exp(min(loss, 700.0)),
+        chars=count,
+        streams=x.shape[0],
+        seconds=time.perf_counter() - start,
+    )
+
+
+def evaluate_run(
+    run: str | Path,
+    corpus: str | Path | None = None,
+    split: str = "val",
+    device: str = "auto",
+    streams: int | None = None,
+) -> EvalResult:
+    """Score a run's checkpoint on a split of its own corpus, or on any text file or folder."""
+    from dataclasses import replace
+
+    from charlm.checkpoint import load_model
+    from charlm.corpus import load_corpus
+
+    loaded = load_model(run, device)
+    data = loaded.config.data
+    n_streams = streams if streams is not None else loaded.config.train.eval_streams
+    if corpus is not None:
+        text = load_corpus(replace(data, corpus=str(corpus))).text
+        ids = loaded.vocab.encode(text)
+        if len(ids) < 2:
+            raise CharlmError(f"{corpus}: too short to score; need at least 2 characters")
+        return evaluate_ids(loaded.model, ids, n_streams)
+    record = loaded.checkpoint.record.get("corpus", {})
+    spec = record.get("resolved", data.corpus)
+    found = load_corpus(replace(data, corpus=spec))
+    if record.get("sha256") and found.sha256 != record["sha256"]:
+        raise CharlmError(
+            f"{found.source}: the corpus changed since training, so its {split} split is not "
+            f"the one the model was trained beside; score a file with --corpus PATH instead"
+        )
+    ids = loaded.vocab.encode(found.text)
+    part = split_ids(ids, data.val_fraction, data.test_fraction).get(split)
+    if len(part) < 2:
+        raise CharlmError(
+            f"split {split!r} of {found.source} has {len(part)} characters; nothing to score "
+            f"(set data.test_fraction when training to have a test split)"
+        )
+    return evaluate_ids(loaded.model, part, n_streams)

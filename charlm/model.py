@@ -1,0 +1,78 @@
+"""The character language model: embedding -> stacked LSTM/GRU -> linear head.
+
+    e_t = Embedding(char_t);  h_t = cell(e_t, h_{t-1});  y_t = W h_t + b  (logits for char_{t+1})
+
+The model takes its config and the vocabulary size and nothing else. Its recurrent state is always
+a tuple of [num_layers, batch, hidden] tensors: (h, c) for the LSTM, (h,) for the GRU, so training,
+evaluation and sampling handle both cells the same way.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from charlm.config import ModelConfig
+
+State = tuple[torch.Tensor, ...]
+
+
+class CharLM(nn.Module):
+    def __init__(self, config: ModelConfig, vocab_size: int) -> None:
+        super().__init__()
+        self.config = config
+        self.vocab_size = vocab_size
+        self.embed = nn.Embedding(vocab_size, config.embedding_dim)
+        rnn_cls = nn.LSTM if config.cell == "lstm" else nn.GRU
+        self.rnn = rnn_cls(
+            config.embedding_dim,
+            config.hidden_size,
+            num_layers=config.num_layers,
+            dropout=config.dropout if config.num_layers > 1 else 0.0,
+            batch_first=True,
+        )
+        self.drop = nn.Dropout(config.dropout)
+        self.head = nn.Linear(config.hidden_size, vocab_size)
+
+    def init_state(self, batch_size: int, device: torch.device | str | None = None) -> State:
+        """A zero state for `batch_size` streams (what a fresh stream starts from)."""
+        shape = (self.config.num_layers, batch_size, self.config.hidden_size)
+        device = device if device is not None else self.head.weight.device
+        count = 2 if self.config.cell == "lstm" else 1
+        return tuple(torch.zeros(shape, device=device) for _ in range(count))
+
+    def forward(self, ids: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
+        """ids [batch, time] -> logits [batch, time, vocab] and the state after the last step."""
+        if state is None:
+            state = self.init_state(ids.shape[0], ids.device)
+        x = self.embed(ids)
+        if self.config.cell == "lstm":
+            out, (h, c) = self.rnn(x, (state[0], state[1]))
+            new_state: State = (h, c)
+        else:
+            out, h = self.rnn(x, state[0])
+            new_state = (h,)
+        return self.head(self.drop(out)), new_state
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+
+def detach_state(state: State) -> State:
+    """Cut the graph between batches (truncated BPTT) while keeping the values."""
+    return tuple(s.detach() for s in state)
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` takes CUDA when present; asking for CUDA without it is a clear error."""
+    from charlm.errors import CharlmError
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise CharlmError(
+            "train.device: 'cuda' was asked for but no CUDA GPU is available; use cpu or auto"
+        )
+    if name not in ("cpu", "cuda"):
+        raise CharlmError(f"device {name!r}: expected auto, cpu or cuda")
+    return torch.device(name)
