@@ -93,6 +93,12 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = field(
         default="auto", metadata=_help("`auto` takes CUDA when present.")
     )
+    tensorboard: bool = field(
+        default=False,
+        metadata=_help(
+            "Also log metrics to RUN/tensorboard/ (needs `pip install 'charlm[tensorboard]'`)."
+        ),
+    )
 
 
 @dataclass(frozen=True)

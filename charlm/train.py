@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from charlm import checkpoint as ckpt
+from charlm import tblog
 from charlm.batches import Splits, StreamBatcher, split_ids
 from charlm.config import BUILTIN_CORPUS, Config, config_to_dict, dump_yaml
 from charlm.corpus import load_corpus
@@ -34,6 +35,7 @@ from charlm.runs import (
     MetricsLog,
     check_run_dir,
     prepare_run_dir,
+    write_failure,
     write_json,
 )
 from charlm.vocab import Vocab
@@ -308,8 +310,35 @@ class Trainer:
 def train(config: Config, run_dir: str | Path, on_event: Callback | None = None) -> TrainResult:
     """Train a model as `config` says, writing everything into the new folder `run_dir`."""
     run_dir = Path(run_dir)
+    if config.train.tensorboard:
+        tblog.summary_writer_class()  # a missing extra stops here, before any work or writes
     check_run_dir(run_dir)  # before the (slow) data load, and before anything is written
     trainer = Trainer(config, run_dir, on_event)
     prepare_run_dir(run_dir)
     (run_dir / CONFIG_NAME).write_text(dump_yaml(config), encoding="utf-8")
-    return trainer.run()
+    return run_recorded(trainer)
+
+
+def run_recorded(trainer: Trainer) -> TrainResult:
+    """Run the trainer with the extras around it: TensorBoard logging when asked, a `failed`
+    summary.json when an error stops it, and curves.png when it finishes."""
+    tensorboard = None
+    if trainer.config.train.tensorboard:
+        tensorboard = tblog.TensorBoardLogger(trainer.run_dir, dump_yaml(trainer.config))
+        trainer.emit = tensorboard.wrap(trainer.emit)
+    try:
+        result = trainer.run()
+    except Exception as e:
+        write_failure(trainer.run_dir, e, trainer.step, trainer.elapsed)
+        raise
+    finally:
+        if tensorboard is not None:
+            tensorboard.close()
+    try:
+        from charlm.plots import plot_curves
+
+        plot_curves(trainer.run_dir)
+    except Exception as e:  # a plot is a convenience: never lose a finished run to it
+        reason = " ".join(str(e).split()) or type(e).__name__
+        trainer.emit({"event": "warning", "message": f"could not draw curves.png: {reason}"})
+    return result
