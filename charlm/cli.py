@@ -191,6 +191,8 @@ class ProgressView:
                 )
             else:
                 err.print(f"{status} | {event['elapsed_s']:.1f}s", markup=False)
+        elif kind == "warning":
+            err.print(f"warning: {event['message']}", markup=False)
 
 
 # ------------------------------------------------------------------------------------ sample
@@ -277,6 +279,220 @@ def eval_command(
         f"{result.chars_per_s:,.0f}",
     )
     Console().print(table)
+
+
+# ------------------------------------------------------------------------- experiments
+def _seconds(value: float | None) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.1f}s" if value < 120 else f"{int(value // 60)}m{int(value % 60):02d}s"
+
+
+def _number(value: float | None, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
+def _table_console() -> Console:
+    """stdout; piped output gets a wide fixed width so tables are not squeezed to 80 columns."""
+    console = Console()
+    return console if console.is_terminal else Console(width=200)
+
+
+STATUS_STYLE = {"finished": "green", "failed": "red", "interrupted": "yellow", "running": "cyan"}
+
+
+def _status(status: str) -> str:
+    from rich.markup import escape
+
+    return f"[{STATUS_STYLE.get(status, 'white')}]{escape(status)}[/]"
+
+
+def _best_style(runs: list[Any]) -> Callable[[Any], str]:
+    """Bold the lowest best val bpc among the rows, so the winner stands out."""
+    scores = [r.best_val_bpc for r in runs if r.best_val_bpc is not None]
+    best = min(scores) if scores else None
+    return lambda r: (
+        f"[bold green]{r.best_val_bpc:.4f}[/]"
+        if best is not None and r.best_val_bpc == best and len(runs) > 1
+        else _number(r.best_val_bpc, ".4f")
+    )
+
+
+def comparison_table(comparison: Any, title: str) -> Table:
+    """Rows are runs; columns are the config keys that differ, then the results."""
+    from rich.markup import escape
+
+    table = Table(title=title, title_justify="left")
+    table.add_column("run")
+    for key in comparison.differing:
+        table.add_column(escape(key))
+    for column in ("best val bpc", "final val bpc", "chars/s", "parameters", "steps", "time"):
+        table.add_column(column, justify="right")
+    table.add_column("status")
+    best = _best_style(comparison.runs)
+    for run in comparison.runs:
+        values = run.flat_config()
+        table.add_row(
+            escape(run.name),
+            *[escape(str(values.get(key))) for key in comparison.differing],
+            best(run),
+            _number(run.final_val_bpc, ".4f"),
+            _number(run.chars_per_s, ",.0f"),
+            _number(run.parameters, ","),
+            _number(run.steps, ","),
+            _seconds(run.elapsed_s),
+            _status(run.status),
+        )
+    same = len(comparison.runs[0].flat_config()) - len(comparison.differing)
+    table.caption = f"{same} other config keys are the same in every run"
+    return table
+
+
+class SweepView:
+    """Shows a sweep: a line per planned run, then that run's progress as `charlm train` does."""
+
+    def __init__(self, plain: bool) -> None:
+        self.plain = plain
+        self.view: ProgressView | None = None
+
+    def close(self) -> None:
+        if self.view is not None:
+            self.view.__exit__(None, None, None)
+            self.view = None
+
+    def handle(self, event: dict[str, Any]) -> None:
+        kind = event["event"]
+        if kind == "sweep_run":
+            self.close()
+            what = {"skip": "finished already, skipped", "start": "starting"}
+            line = f"[{event['index']}/{event['total']}] {event['name']}: "
+            err.print(line + what.get(event["action"], "unfinished"), markup=False)
+        elif kind == "sweep_moved":
+            err.print(
+                f"  kept the unfinished run as {event['moved_to']}; starting it again",
+                markup=False,
+            )
+        elif kind == "start":
+            self.view = ProgressView(self.plain).__enter__()
+            self.view.handle(event)
+        elif kind == "end":
+            self.close()
+            err.print(
+                f"  done: best val bpc {event['best_val_bpc']:.4f} in {event['steps']:,} steps",
+                markup=False,
+            )
+        elif self.view is not None:
+            self.view.handle(event)
+        elif kind == "warning":
+            err.print(f"warning: {event['message']}", markup=False)
+
+
+@app.command()
+@friendly
+def sweep(
+    args: list[str] = typer.Argument(
+        ...,
+        metavar="EXPERIMENT [KEY=VALUE]...",
+        help="An experiment YAML (see docs/experiments.md), then dotted overrides applied to "
+        "every run, e.g. train.max_time=60 data.corpus=my.txt.",
+        show_default=False,
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Folder for the runs (default: runs/<experiment>)."
+    ),
+    quiet: bool = typer.Option(
+        False, "--quiet", "-q", help="Plain log lines instead of progress bars."
+    ),
+) -> None:
+    """Train every run of an experiment in turn (skipping finished ones), then compare them."""
+    from charlm.runs import compare_runs
+    from charlm.sweep import default_sweep_dir, load_experiment, run_sweep
+
+    path, overrides = split_train_args(args)
+    if path is None:
+        raise CharlmError("expected an EXPERIMENT file before the KEY=VALUE overrides")
+    experiment = load_experiment(path, overrides)
+    folder = out if out is not None else default_sweep_dir(path)
+    names = ", ".join(run.name for run in experiment.runs)
+    err.print(f"sweep {path}: {len(experiment.runs)} runs into {folder}: {names}", markup=False)
+    view = SweepView(plain=quiet or not err.is_terminal)
+    try:
+        result = run_sweep(experiment, folder, on_event=view.handle)
+    finally:
+        view.close()
+    _table_console().print(comparison_table(compare_runs(result.runs), f"charlm sweep: {path}"))
+    if result.plot is not None:
+        err.print(f"plot: {result.plot}", markup=False)
+
+
+@app.command()
+@friendly
+def runs(
+    folder: Path = typer.Argument(Path("runs"), help="A folder of runs (searched recursively)."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON list to stdout."),
+) -> None:
+    """A table of the runs under a folder: cell, size, steps, time, best val bpc, status."""
+    from rich.markup import escape
+
+    from charlm.runs import find_runs
+
+    found = find_runs(folder)
+    if as_json:
+        typer.echo(json.dumps([run.to_dict() for run in found], indent=2))
+        return
+    if not found:
+        err.print(f"no runs under {folder}", markup=False)
+        return
+    table = Table(title=f"charlm runs: {folder}", title_justify="left")
+    table.add_column("run")
+    table.add_column("cell")
+    for column in ("parameters", "steps", "time", "best val bpc"):
+        table.add_column(column, justify="right")
+    table.add_column("status")
+    best = _best_style(found)
+    for run in found:
+        table.add_row(
+            escape(run.name),
+            escape(run.cell or "-"),
+            _number(run.parameters, ","),
+            _number(run.steps, ","),
+            _seconds(run.elapsed_s),
+            best(run),
+            _status(run.status),
+        )
+    _table_console().print(table)
+
+
+@app.command()
+@friendly
+def compare(
+    run_args: list[str] = typer.Argument(
+        ...,
+        metavar="RUN...",
+        help="Run folders, or folders of runs (a sweep's --out folder).",
+        show_default=False,
+    ),
+    plot: Path | None = typer.Option(
+        None, "--plot", help="Also draw val bpc against step and time into this PNG."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object to stdout."),
+) -> None:
+    """The config keys that differ between runs, and their results side by side."""
+    from charlm.runs import collect_runs, compare_runs
+
+    if plot is not None and plot.suffix.lower() != ".png":
+        raise CharlmError(f"--plot {plot}: expected a file name ending in .png")
+    comparison = compare_runs(collect_runs([Path(a) for a in run_args]))
+    if plot is not None:
+        from charlm.plots import plot_comparison
+
+        plot_comparison(comparison.runs, plot)
+    if as_json:
+        typer.echo(json.dumps(comparison.to_dict(), indent=2))
+    else:
+        _table_console().print(comparison_table(comparison, "charlm compare"))
+    if plot is not None:
+        err.print(f"plot: {plot}", markup=False)
 
 
 def main() -> None:
