@@ -11,9 +11,11 @@ RUN/tensorboard/       event files, only with train.tensorboard: true
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -94,7 +96,49 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
 
 
 # -- reading runs back (for `charlm runs`, `compare` and sweeps) ---------------------------------
-RUNNING_WINDOW_S = 120.0  # a run whose files changed this recently is taken to be still running
+LOCK_NAME = ".running"
+
+
+@contextlib.contextmanager
+def running_lock(run_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on RUN/.running while training.
+
+    The OS drops the lock when the process ends, however it ends, so a reader can tell a run in
+    progress from one that was killed. Without fcntl (Windows) runs are never shown as running.
+    """
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    path = run_dir / LOCK_NAME
+    with path.open("w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise CharlmError(f"{run_dir}: another process is training this run") from None
+        try:
+            yield
+        finally:
+            path.unlink(missing_ok=True)
+
+
+def is_running(run_dir: Path) -> bool:
+    """Whether some process holds the run's lock right now."""
+    path = run_dir / LOCK_NAME
+    try:
+        import fcntl
+
+        f = path.open()
+    except (ImportError, OSError):
+        return False
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        fcntl.flock(f, fcntl.LOCK_UN)
+    return False
 
 
 @dataclass
@@ -217,18 +261,10 @@ def _checkpoint_parameters(run: Path) -> int | None:
 
 
 def run_status(run: Path, summary: dict[str, Any]) -> str:
-    """finished / failed (as summary.json says), else running or interrupted.
-
-    A run without a summary is `running` while its files keep changing and `interrupted` once
-    they have been still for RUNNING_WINDOW_S: there is no lock file to ask.
-    """
+    """As summary.json says (finished, failed), else running while locked, else interrupted."""
     if summary.get("status"):
         return str(summary["status"])
-    newest = max(
-        (p.stat().st_mtime for p in (run / METRICS_NAME, run / CONFIG_NAME) if p.exists()),
-        default=0.0,
-    )
-    return "running" if time.time() - newest < RUNNING_WINDOW_S else "interrupted"
+    return "running" if is_running(run) else "interrupted"
 
 
 def read_run(path: str | Path, name: str | None = None) -> RunInfo:

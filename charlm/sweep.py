@@ -35,7 +35,7 @@ from charlm.config import (
     read_yaml,
 )
 from charlm.errors import CharlmError
-from charlm.runs import RunInfo, is_run_dir, read_run, read_summary
+from charlm.runs import RunInfo, is_run_dir, is_running, read_run, read_summary
 
 Event = dict[str, Any]
 Callback = Callable[[Event], None]
@@ -331,6 +331,8 @@ def run_sweep(
         if _finished(run_dir):
             _check_same_config(run_dir, planned.config)
             emit({**header, "action": "skip"})
+        elif is_running(run_dir):
+            raise CharlmError(f"{run_dir}: another process is training this run; wait for it")
         elif run_dir.exists() and any(run_dir.iterdir()):
             emit({**header, "action": "continue"})
             continue_unfinished(planned, run_dir, emit)

@@ -35,6 +35,7 @@ from charlm.runs import (
     MetricsLog,
     check_run_dir,
     prepare_run_dir,
+    running_lock,
     write_failure,
     write_json,
 )
@@ -321,19 +322,21 @@ def train(config: Config, run_dir: str | Path, on_event: Callback | None = None)
 
 def run_recorded(trainer: Trainer) -> TrainResult:
     """Run the trainer with the extras around it: TensorBoard logging when asked, a `failed`
-    summary.json when an error stops it, and curves.png when it finishes."""
+    summary.json when an error stops it, curves.png when it finishes, and RUN/.running locked
+    meanwhile so `charlm runs` can tell a run in progress from an interrupted one."""
     tensorboard = None
     if trainer.config.train.tensorboard:
         tensorboard = tblog.TensorBoardLogger(trainer.run_dir, dump_yaml(trainer.config))
         trainer.emit = tensorboard.wrap(trainer.emit)
-    try:
-        result = trainer.run()
-    except Exception as e:
-        write_failure(trainer.run_dir, e, trainer.step, trainer.elapsed)
-        raise
-    finally:
-        if tensorboard is not None:
-            tensorboard.close()
+    with running_lock(trainer.run_dir):
+        try:
+            result = trainer.run()
+        except Exception as e:
+            write_failure(trainer.run_dir, e, trainer.step, trainer.elapsed)
+            raise
+        finally:
+            if tensorboard is not None:
+                tensorboard.close()
     try:
         from charlm.plots import plot_curves
 
