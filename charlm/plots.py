@@ -61,7 +61,7 @@ def plot_curves(run_dir: str | Path, path: str | Path | None = None) -> Path:
     fig = _figure(CURVES_SIZE)
     ax = fig.add_subplot()
     if train:
-        ax.plot(*zip(*train, strict=True), label="train", color="tab:blue", alpha=0.6, lw=1.2)
+        ax.plot(*zip(*train, strict=True), label="train", color="tab:blue", lw=1.2)
     if val:
         ax.plot(*zip(*val, strict=True), label="val", color="tab:orange", marker="o", ms=3, lw=2)
     best = run.best_val_bpc
