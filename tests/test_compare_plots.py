@@ -1,0 +1,215 @@
+"""Reading runs back: `charlm runs`, `compare`, the PNGs, failed runs and TensorBoard logging."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import pytest
+from conftest import make_text, tiny_config
+from matplotlib import image
+from typer.testing import CliRunner
+
+from charlm.cli import app
+from charlm.errors import CharlmError
+from charlm.runs import collect_runs, compare_runs, find_runs, read_summary
+from charlm.train import train
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TEN_STEPS = {"train.max_steps": 10, "train.eval_interval": 5}
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder with two finished tiny runs that differ in model.cell and train.lr only."""
+    root = tmp_path_factory.mktemp("compare")
+    corpus = root / "corpus.txt"
+    corpus.write_text(make_text(8000), encoding="utf-8")
+    runs = root / "runs"
+    train(tiny_config(corpus, **TEN_STEPS), runs / "small-lstm")
+    train(tiny_config(corpus, **TEN_STEPS, **{"model.cell": "gru", "train.lr": 0.02}), runs / "gru")
+    return runs
+
+
+def color_pixels(png: Path, rgb: tuple[float, float, float]) -> int:
+    pixels = image.imread(png)[..., :3]
+    return int((np.abs(pixels - np.array(rgb)).max(axis=-1) < 0.08).sum())
+
+
+TAB_BLUE, TAB_ORANGE = (0.122, 0.467, 0.706), (1.0, 0.498, 0.055)
+
+
+def test_compare_lists_exactly_the_keys_that_differ(two_runs: Path) -> None:
+    comparison = compare_runs(collect_runs([two_runs / "small-lstm", two_runs / "gru"]))
+    assert comparison.differing == ["model.cell", "train.lr"]
+    lstm, gru = comparison.runs
+    assert (lstm.name, gru.name) == ("small-lstm", "gru")
+    assert lstm.parameters and gru.parameters and lstm.parameters > gru.parameters
+    assert lstm.best_val_bpc is not None and lstm.best_val_bpc <= lstm.val_points[0]["val_bpc"]
+
+
+def test_cli_compare_json_table_and_plot(two_runs: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    args = ["compare", str(two_runs / "small-lstm"), str(two_runs / "gru")]
+    as_json = runner.invoke(app, [*args, "--json"])
+    assert as_json.exit_code == 0, as_json.output
+    data = json.loads(as_json.stdout)
+    assert data["differing_keys"] == ["model.cell", "train.lr"]
+    assert [run["config"] for run in data["runs"]] == [
+        {"model.cell": "lstm", "train.lr": 0.01},
+        {"model.cell": "gru", "train.lr": 0.02},
+    ]
+    assert all(run["status"] == "finished" and run["final_val_bpc"] for run in data["runs"])
+
+    plot = tmp_path / "both.png"
+    table = runner.invoke(app, [*args, "--plot", str(plot)])
+    assert table.exit_code == 0, table.output
+    assert "model.cell" in table.stdout and "train.lr" in table.stdout
+    assert "model.hidden_size" not in table.stdout
+    assert image.imread(plot).shape == (500, 1300, 4)
+    assert color_pixels(plot, TAB_BLUE) > 100 and color_pixels(plot, TAB_ORANGE) > 100
+
+    bad = runner.invoke(app, [*args, "--plot", str(tmp_path / "both.jpg")])
+    assert bad.exit_code == 1 and "expected a file name ending in .png" in bad.output
+
+
+def test_every_run_has_a_curves_png_that_is_not_blank(two_runs: Path) -> None:
+    for run in ("small-lstm", "gru"):
+        png = two_runs / run / "curves.png"
+        pixels = image.imread(png)
+        assert pixels.shape == (450, 800, 4)
+        assert (pixels[..., :3] < 0.9).any(axis=-1).mean() > 0.01  # not an empty white canvas
+        assert color_pixels(png, TAB_BLUE) > 100  # the train curve
+        assert color_pixels(png, TAB_ORANGE) > 100  # the val curve
+
+
+def test_runs_lists_finished_failed_and_interrupted_runs(
+    two_runs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    corpus = two_runs.parent / "corpus.txt"
+    folder = tmp_path / "runs"
+    (folder / "sweep").mkdir(parents=True)
+    for name in ("small-lstm", "gru"):
+        shutil.copytree(two_runs / name, folder / "sweep" / name)
+
+    def boom(self: Any, full: bool) -> Any:
+        raise RuntimeError("boom at the first eval")
+
+    monkeypatch.setattr("charlm.train.Trainer.evaluate", boom)
+    with pytest.raises(RuntimeError):
+        train(tiny_config(corpus, **TEN_STEPS), folder / "broken")
+    summary = read_summary(folder / "broken")
+    assert summary["status"] == "failed" and "boom at the first eval" in summary["error"]
+    assert summary["steps"] == 5
+    (folder / "cut").mkdir()
+    (folder / "cut" / "config.yaml").write_text("model: {cell: gru}\n", encoding="utf-8")
+
+    found = {run.name: run for run in find_runs(folder)}
+    assert {name: run.status for name, run in found.items()} == {
+        "broken": "failed",
+        "cut": "interrupted",
+        "sweep/gru": "finished",
+        "sweep/small-lstm": "finished",
+    }
+    result = CliRunner().invoke(app, ["runs", str(folder), "--json"])
+    assert result.exit_code == 0, result.output
+    rows = {row["name"]: row for row in json.loads(result.stdout)}
+    assert rows["sweep/gru"]["cell"] == "gru" and rows["sweep/gru"]["steps"] == 10
+    assert rows["broken"]["error"].startswith("RuntimeError: boom")
+    table = CliRunner().invoke(app, ["runs", str(folder)])
+    assert table.exit_code == 0
+    for word in ("sweep/small-lstm", "failed", "interrupted", "finished", "lstm"):
+        assert word in table.stdout
+    missing = CliRunner().invoke(app, ["runs", str(tmp_path / "nowhere")])
+    assert missing.exit_code == 1 and "no such folder" in missing.output
+
+
+def test_a_plotting_failure_is_a_warning_not_a_lost_run(
+    tmp_path: Path, corpus_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken_plot(run_dir: Path) -> Path:
+        raise RuntimeError("no fonts today")
+
+    monkeypatch.setattr("charlm.plots.plot_curves", broken_plot)
+    events: list[dict[str, Any]] = []
+    result = train(tiny_config(corpus_file, **TEN_STEPS), tmp_path / "run", events.append)
+    assert result.steps == 10
+    assert read_summary(tmp_path / "run")["status"] == "finished"
+    warnings = [e["message"] for e in events if e["event"] == "warning"]
+    assert warnings == ["could not draw curves.png: no fonts today"]
+
+
+def test_tensorboard_missing_is_a_clear_error_before_anything_starts(
+    tmp_path: Path, corpus_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "tensorboard", None)  # importing it now fails
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
+    config = tiny_config(corpus_file, **{"train.tensorboard": True})
+    with pytest.raises(CharlmError, match=r"pip install 'charlm\[tensorboard\]'"):
+        train(config, tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+class RecordingWriter:
+    """Stands in for torch's SummaryWriter (not installed here), recording the calls made."""
+
+    instances: ClassVar[list[RecordingWriter]] = []
+
+    def __init__(self, log_dir: str) -> None:
+        self.log_dir = log_dir
+        self.scalars: list[tuple[str, float, int]] = []
+        self.texts: list[str] = []
+        self.closed = False
+        RecordingWriter.instances.append(self)
+
+    def add_scalar(self, tag: str, scalar_value: float, global_step: int) -> None:
+        self.scalars.append((tag, scalar_value, global_step))
+
+    def add_text(self, tag: str, text_string: str, global_step: int) -> None:
+        self.texts.append(tag)
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def test_tensorboard_logging_writes_each_metric_at_its_step(
+    tmp_path: Path, corpus_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    RecordingWriter.instances.clear()
+    monkeypatch.setattr("charlm.tblog.summary_writer_class", lambda: RecordingWriter)
+    run = tmp_path / "run"
+    train(tiny_config(corpus_file, **TEN_STEPS, **{"train.tensorboard": True}), run)
+    (writer,) = RecordingWriter.instances
+    assert writer.log_dir == str(run / "tensorboard") and writer.closed
+    assert writer.texts == ["config"]
+    val_steps = [step for tag, _, step in writer.scalars if tag == "bpc/val"]
+    assert val_steps == [5, 10]
+    train_steps = [step for tag, _, step in writer.scalars if tag == "loss/train"]
+    assert train_steps == [5, 10]  # log_interval is 5 in the tiny config
+    tags = {tag for tag, _, _ in writer.scalars}
+    assert tags == {"loss/train", "bpc/train", "loss/val", "bpc/val", "lr", "speed/chars_per_s"}
+
+
+def test_help_loads_neither_torch_nor_matplotlib() -> None:
+    code = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from charlm.cli import app\n"
+        "for cmd in (['--help'], ['sweep', '--help'], ['runs', '--help'], ['compare', '--help']):\n"
+        "    assert CliRunner().invoke(app, cmd).exit_code == 0\n"
+        "print('torch' in sys.modules, 'matplotlib' in sys.modules)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True
+    )
+    assert out.stdout.split() == ["False", "False"]
