@@ -415,6 +415,8 @@ def sweep(
     folder = out if out is not None else default_sweep_dir(path)
     names = ", ".join(run.name for run in experiment.runs)
     err.print(f"sweep {path}: {len(experiment.runs)} runs into {folder}: {names}", markup=False)
+    if experiment.description:
+        err.print(experiment.description, markup=False)
     view = SweepView(plain=quiet or not err.is_terminal)
     try:
         result = run_sweep(experiment, folder, on_event=view.handle)
