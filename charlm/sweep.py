@@ -324,16 +324,19 @@ def run_sweep(
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise CharlmError(f"{out}: cannot create the sweep folder ({e.strerror})") from None
+    for planned in experiment.runs:  # refuse before training anything, not halfway through
+        run_dir = out / planned.name
+        if _finished(run_dir):
+            _check_same_config(run_dir, planned.config)
+        elif is_running(run_dir):
+            raise CharlmError(f"{run_dir}: another process is training this run; wait for it")
     total = len(experiment.runs)
     for index, planned in enumerate(experiment.runs, 1):
         run_dir = out / planned.name
         header = {"event": "sweep_run", "index": index, "total": total, "name": planned.name}
         if _finished(run_dir):
-            _check_same_config(run_dir, planned.config)
             emit({**header, "action": "skip"})
-        elif is_running(run_dir):
-            raise CharlmError(f"{run_dir}: another process is training this run; wait for it")
-        elif run_dir.exists() and any(run_dir.iterdir()):
+        elif run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
             emit({**header, "action": "continue"})
             continue_unfinished(planned, run_dir, emit)
         else:

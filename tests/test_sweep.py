@@ -228,6 +228,14 @@ def test_a_finished_run_trained_with_another_config_is_not_taken_as_done(
     with pytest.raises(CharlmError, match=r"different config \(train.lr\)"):
         run_sweep(load_experiment(path, ["train.lr=0.5"]), out)
 
+    cells = {"set": tiny_set(small_corpus), "grid": {"model.cell": ["lstm"]}}
+    run_sweep(load_experiment(write_experiment(tmp_path, cells), ["train.lr=0.02"]), out)
+    cells["grid"] = {"model.cell": ["gru", "lstm"]}  # gru would train first, lstm clashes
+    grown = write_experiment(tmp_path, cells)
+    with pytest.raises(CharlmError, match=r"cell=lstm: holds a finished run"):
+        run_sweep(load_experiment(grown, ["train.lr=0.03"]), out)
+    assert not (out / "cell=gru").exists()  # refused before training anything
+
 
 # -- the command line ----------------------------------------------------------------------------
 def test_cli_sweep_runs_then_skips_and_reports_bad_files_in_one_line(
