@@ -97,13 +97,15 @@ def _decode(
     ids = torch.tensor(prime_ids, device=device)
     logits, state = model(ids.expand(num_samples, -1), None)
     last = logits[:, -1].float().cpu()
-    for _ in range(length):
+    for i in range(length):
         if temperature == 0:
             ids = last.argmax(dim=-1)
         else:
             probs = torch.softmax(filter_logits(last / temperature, top_k, top_p), dim=-1)
             ids = torch.multinomial(probs, 1, generator=gen).squeeze(1)
         yield tuple(vocab.chars[i] for i in ids.tolist())
+        if i == length - 1:
+            break
         logits, state = model(ids.to(device).unsqueeze(1), state)
         last = logits[:, -1].float().cpu()
 
