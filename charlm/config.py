@@ -136,7 +136,7 @@ def _suggest(key: str) -> str:
 def _type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
     if origin is Literal:
-        return " | ".join(str(a) for a in typing.get_args(tp))
+        return " / ".join(str(a) for a in typing.get_args(tp))
     if origin in (typing.Union, types.UnionType):
         inner = [a for a in typing.get_args(tp) if a is not type(None)]
         return f"{_type_name(inner[0])} or empty"

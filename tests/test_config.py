@@ -123,3 +123,9 @@ def test_fixed_key_names_exist() -> None:
         "train.device",
     ]:  # fmt: skip
         assert key in keys
+
+
+def test_readme_documents_every_key() -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    missing = [key for key in all_keys() if f"`{key}`" not in readme]
+    assert not missing, f"README.md does not document: {missing}"
