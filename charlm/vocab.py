@@ -80,12 +80,15 @@ class Vocab:
         if not text:
             return np.zeros(0, dtype=self.dtype)
         codes = np.frombuffer(text.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
-        order = np.argsort(self._codes)
-        sorted_codes = self._codes[order]
-        pos = np.searchsorted(sorted_codes, codes)
-        pos = np.minimum(pos, len(sorted_codes) - 1)
-        found = sorted_codes[pos] == codes
-        ids = order[pos]
+        if len(self.chars):
+            order = np.argsort(self._codes)
+            sorted_codes = self._codes[order]
+            pos = np.minimum(np.searchsorted(sorted_codes, codes), len(sorted_codes) - 1)
+            found = sorted_codes[pos] == codes
+            ids = order[pos]
+        else:  # an empty vocabulary (from empty text) knows no character
+            found = np.zeros(len(codes), dtype=bool)
+            ids = np.zeros(len(codes), dtype=np.int64)
         if found.all():
             return ids.astype(self.dtype)
         if unknown == "skip":
