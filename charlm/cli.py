@@ -194,6 +194,13 @@ class ProgressView:
 
 
 # ------------------------------------------------------------------------------------ sample
+UNKNOWN_HELP = (
+    "Characters of the {what} outside the model's vocabulary: error (name them and stop), skip "
+    "(drop them) or replace (use the unknown symbol of a model trained with "
+    "data.min_char_count > 1)."
+)
+
+
 @app.command()
 @friendly
 def sample(
@@ -216,15 +223,27 @@ def sample(
         1, "--num-samples", help="How many samples, drawn in one batch."
     ),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    unknown: str = typer.Option("error", "--unknown", help=UNKNOWN_HELP.format(what="prime")),
 ) -> None:
     """Print the prime followed by exactly --length new characters to stdout, as they come."""
     from charlm.checkpoint import load_model
     from charlm.sample import check_options, generate_batch
+    from charlm.vocab import check_unknown_policy
 
     check_options(length, temperature, top_k, top_p, num_samples)
+    check_unknown_policy(unknown)
     loaded = load_model(run, device)
     chars = generate_batch(
-        loaded.model, loaded.vocab, prime, length, temperature, top_k, top_p, seed, num_samples
+        loaded.model,
+        loaded.vocab,
+        prime,
+        length,
+        temperature,
+        top_k,
+        top_p,
+        seed,
+        num_samples,
+        unknown=unknown,
     )
     out = sys.stdout
     if num_samples == 1:
@@ -255,13 +274,16 @@ def eval_command(
     split: str = typer.Option("val", "--split", help="val, test or train (of the run's corpus)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object to stdout."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    unknown: str = typer.Option("error", "--unknown", help=UNKNOWN_HELP.format(what="--corpus")),
 ) -> None:
     """Mean loss (nats/char), bits per char and perplexity of a model on a split or a file."""
     from charlm.evaluate import evaluate_run
+    from charlm.vocab import check_unknown_policy
 
     if split not in ("val", "test", "train"):
         raise CharlmError(f"--split {split!r}: expected val, test or train")
-    result = evaluate_run(run, corpus=corpus, split=split, device=device)
+    check_unknown_policy(unknown)
+    result = evaluate_run(run, corpus=corpus, split=split, device=device, unknown=unknown)
     scored = str(corpus) if corpus is not None else f"{split} split"
     if as_json:
         typer.echo(json.dumps({"scored": scored, **result.to_dict()}))

@@ -72,10 +72,9 @@ class Data:
 def prepare_data(config: Config) -> Data:
     """Read, encode and split the corpus, checking each split is big enough to use."""
     corpus = load_corpus(config.data)
-    vocab = Vocab.from_text(corpus.text)
-    splits = split_ids(
-        vocab.encode(corpus.text), config.data.val_fraction, config.data.test_fraction
-    )
+    vocab = Vocab.from_text(corpus.text, config.data.min_char_count)
+    ids = vocab.encode(corpus.text, unknown="replace" if vocab.unknown_char else "error")
+    splits = split_ids(ids, config.data.val_fraction, config.data.test_fraction)
     if len(splits.val) < 2:
         raise CharlmError(
             f"{corpus.source}: the val split has {len(splits.val)} characters "
