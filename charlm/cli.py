@@ -302,4 +302,26 @@ def eval_command(
 
 
 def main() -> None:
-    app()
+    """Run the app; a usage mistake (bad option value, unknown option) is one line and exit 1."""
+    try:
+        code = app(standalone_mode=False)
+    except typer.Abort:
+        err.print("aborted", markup=False)
+        sys.exit(130)
+    except Exception as e:
+        # Typer's usage errors (its click's UsageError/ClickException, vendored or not) carry
+        # `format_message` and `exit_code`; recognise them by that rather than by a private path.
+        if not (hasattr(e, "format_message") and hasattr(e, "exit_code")):
+            raise
+        ctx = getattr(e, "ctx", None)
+        if type(e).__name__ == "NoArgsIsHelpError" and ctx is not None:
+            typer.echo(ctx.get_help())  # a bare `charlm` or `charlm data` shows its help
+            sys.exit(0)
+        where = ctx.command_path if ctx is not None else "charlm"
+        err.print(
+            f"error: {where}: {e.format_message()} (see {where} --help)",
+            markup=False,
+            soft_wrap=True,
+        )
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)

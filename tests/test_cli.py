@@ -129,3 +129,38 @@ def test_the_issue_commands_on_tiny_shakespeare(tmp_path: Path) -> None:
     )
     record = json.loads(evaluated.stdout)
     assert record["bpc"] < 4.0  # uniform over 65 symbols is 6.02 bits
+
+
+@pytest.mark.parametrize(
+    ("argv", "words"),
+    [
+        (["sample", "x", "--length", "abc"], "--length"),
+        (["sample"], "Missing argument"),
+        (["frobnicate"], "No such command"),
+        (["train", "--no-such-option"], "--no-such-option"),
+    ],
+)
+def test_usage_mistakes_are_one_line_exit_1(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], argv: list[str], words: str
+) -> None:
+    from charlm.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["charlm", *argv])
+    with pytest.raises(SystemExit) as info:
+        main()
+    assert info.value.code == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and words in err
+    assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_bare_charlm_shows_help_and_exits_0(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from charlm.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["charlm"])
+    with pytest.raises(SystemExit) as info:
+        main()
+    assert info.value.code == 0
+    assert "Usage" in capsys.readouterr().out
