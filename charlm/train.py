@@ -337,7 +337,7 @@ class Trainer:
             self.model.parameters(), clip if clip > 0 else math.inf
         )
         if not bool(torch.isfinite(loss.detach()) & torch.isfinite(norm)):
-            self._diverged(float(loss), float(norm))
+            self._diverged(float(loss.detach()), float(norm))
         self.optimizer.step()
         return loss.detach()
 
