@@ -96,18 +96,50 @@ def train(
     quiet: bool = typer.Option(
         False, "--quiet", "-q", help="Plain log lines instead of a progress bar."
     ),
+    resume: Path | None = typer.Option(
+        None,
+        "--resume",
+        help="Continue this run folder from its newest intact checkpoint, with its recorded "
+        "config (only train.max_steps, train.max_time and train.device may be overridden).",
+    ),
 ) -> None:
-    """Train a model; the run folder gets config.yaml, metrics.jsonl and checkpoints/."""
+    """Train a model; the run folder gets config.yaml, metrics.jsonl and checkpoints/.
+
+    Ctrl-C or SIGTERM finishes the current step, saves a checkpoint and prints the command that
+    resumes it (exit code 130 or 143).
+    """
     from charlm.config import load_config
     from charlm.runs import default_run_dir
+    from charlm.train import TrainingInterrupted
+    from charlm.train import resume as resume_training
     from charlm.train import train as run_training
 
     config_path, overrides = split_train_args(args or [])
-    config = load_config(config_path, overrides)
-    run_dir = out if out is not None else default_run_dir(config_path)
+    if resume is not None and config_path is not None:
+        raise CharlmError(
+            f"--resume {resume}: a resumed run uses the config recorded in it; drop {config_path} "
+            f"(KEY=VALUE overrides of budgets are allowed)"
+        )
+    if resume is not None and out is not None:
+        raise CharlmError(
+            f"--resume {resume}: a resumed run continues in its own folder; drop --out"
+        )
     show = ProgressView(plain=quiet or not err.is_terminal)
-    with show:
-        result = run_training(config, run_dir, on_event=show.handle)
+    try:
+        if resume is not None:
+            with show:
+                result = resume_training(resume, overrides, on_event=show.handle)
+        else:
+            config = load_config(config_path, overrides)
+            run_dir = out if out is not None else default_run_dir(config_path)
+            with show:
+                result = run_training(config, run_dir, on_event=show.handle)
+    except TrainingInterrupted as stop:
+        err.print(f"{stop}", markup=False, soft_wrap=True)
+        err.print(f"resume with: {stop.resume_command}", markup=False, soft_wrap=True)
+        raise typer.Exit(stop.exit_code) from None
+    except KeyboardInterrupt:
+        raise fail("interrupted before training started; nothing was saved", 130) from None
     table = Table(title="charlm train", show_header=False, title_justify="left")
     table.add_row("run folder", str(result.run_dir))
     table.add_row("steps", f"{result.steps:,}")
@@ -191,6 +223,10 @@ class ProgressView:
                 )
             else:
                 err.print(f"{status} | {event['elapsed_s']:.1f}s", markup=False)
+        elif kind == "resume":
+            err.print(f"resuming from {event['path']} (step {event['step']:,})", markup=False)
+        elif kind == "warning":
+            err.print(f"warning: {event['message']}", markup=False, soft_wrap=True)
 
 
 # ------------------------------------------------------------------------------------ sample
@@ -299,6 +335,66 @@ def eval_command(
         f"{result.chars_per_s:,.0f}",
     )
     Console().print(table)
+
+
+# -------------------------------------------------------------------------------------- info
+@app.command()
+@friendly
+def info(
+    target: Path = typer.Argument(..., metavar="RUN|CHECKPOINT", help="A run folder or a file."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object to stdout."),
+) -> None:
+    """Step, time trained, sizes, scores and config of a run, and whether each checkpoint is
+    intact (exit code 1 when none is)."""
+    from charlm.info import describe
+
+    report = describe(target)
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+    else:
+        _print_info(report)
+    if report["summary"] is None:
+        raise typer.Exit(1)
+
+
+def _print_info(report: dict[str, Any]) -> None:
+    out = Console(highlight=False)
+    summary = report["summary"]
+    if summary is not None:
+        table = Table(title=f"charlm info: {report['target']}", show_header=False)
+        table.title_justify = "left"
+        table.add_column("what")
+        table.add_column("value", overflow="fold")
+
+        def bpc(value: float | None) -> str:
+            return "-" if value is None else f"{value:.4f}"
+
+        table.add_row("described checkpoint", summary["checkpoint"])
+        table.add_row("step", f"{summary['step']:,}")
+        table.add_row("time trained", f"{summary['elapsed_s']:.1f} s")
+        table.add_row("parameters", f"{summary['parameters']:,}")
+        table.add_row("vocabulary size", str(summary["vocab_size"]))
+        best = bpc(summary["best_val_bpc"])
+        table.add_row("best val bpc", f"{best} at step {summary['best_step']:,}")
+        table.add_row("last val bpc", bpc(summary["last_val_bpc"]))
+        table.add_row("trained on", f"{summary['device']} (torch {summary['torch_version']})")
+        if report.get("resume"):
+            table.add_row("resume", report["resume"])
+        out.print(table)
+        out.print("config:", markup=False)
+        for section, values in summary["config"].items():
+            for key, value in values.items():
+                out.print(f"  {section}.{key} = {value}", markup=False)
+    files = Table(title="checkpoint files", title_justify="left")
+    for column in ("file", "step", "bytes", "status"):
+        files.add_column(column, overflow="fold")
+    for entry in report["checkpoints"]:
+        status = entry["status"] + (f": {entry['problem']}" if entry["problem"] else "")
+        step = "-" if entry["step"] is None else f"{entry['step']:,}"
+        files.add_row(entry["file"], step, f"{entry['bytes']:,}", status)
+    out.print(files)
+    if summary is None:
+        err.print("[bold red]error:[/] no intact checkpoint found", markup=True)
 
 
 def main() -> None:
