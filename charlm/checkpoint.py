@@ -9,6 +9,7 @@ and renamed into place, so a crash or a full disk never leaves a half-written ch
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -107,10 +108,24 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     _fsync_dir(path.parent)
 
 
+def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
+    """SHA-256 over every tensor's name, dtype, shape and bytes, so damage to the payload shows."""
+    h = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().to("cpu").contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def save_checkpoint(path: Path, tensors: dict[str, torch.Tensor], record: dict[str, Any]) -> None:
-    """Save tensors (flat, '/'-separated names) and a JSON record atomically to `path`."""
-    meta = {"format": FORMAT, "version": VERSION, **record}
+    """Save tensors (flat, '/'-separated names) and a JSON record atomically to `path`.
+
+    The record carries a SHA-256 of the tensors, so a loader (and `charlm info`) can tell an
+    intact file from one damaged after it was written.
+    """
     cpu = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+    meta = {**record, "format": FORMAT, "version": VERSION, "tensors_sha256": tensor_digest(cpu)}
     data = safetensors_save(cpu, metadata={"charlm": json.dumps(meta)})
     atomic_write_bytes(path, data)
 
@@ -142,7 +157,39 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
             f"{path}: checkpoint format version {record['version']} is newer than this charlm "
             f"reads ({VERSION}); upgrade charlm"
         )
+    expected = record.get("tensors_sha256")
+    if expected is not None and tensor_digest(tensors) != expected:
+        raise CharlmError(
+            f"{path}: damaged checkpoint (its tensors do not match the SHA-256 recorded when it "
+            f"was written); use an older checkpoint"
+        )
     return Checkpoint(path=path, record=record, tensors=tensors)
+
+
+def is_temp_file(path: Path) -> bool:
+    """A leftover of a write that never finished (the writer was killed before the rename)."""
+    return path.name.startswith(".") and ".tmp-" in path.name
+
+
+def remove_temp_files(folder: Path) -> list[Path]:
+    """Delete unfinished-write leftovers in a checkpoint folder; return what was removed."""
+    if not folder.is_dir():
+        return []
+    removed = [p for p in folder.iterdir() if is_temp_file(p) and p.is_file()]
+    for p in removed:
+        p.unlink(missing_ok=True)
+    return removed
+
+
+def latest_intact(folder: Path) -> tuple[Checkpoint | None, list[tuple[Path, str]]]:
+    """The newest step checkpoint that loads and verifies, and the newer ones that did not."""
+    skipped: list[tuple[Path, str]] = []
+    for _, path in reversed(step_checkpoints(folder)):
+        try:
+            return load_checkpoint(path), skipped
+        except CharlmError as e:
+            skipped.append((path, str(e)))
+    return None, skipped
 
 
 def step_checkpoints(folder: Path) -> list[tuple[int, Path]]:

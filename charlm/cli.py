@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -96,18 +97,50 @@ def train(
     quiet: bool = typer.Option(
         False, "--quiet", "-q", help="Plain log lines instead of a progress bar."
     ),
+    resume: Path | None = typer.Option(
+        None,
+        "--resume",
+        help="Continue this run folder from its newest intact checkpoint, with its recorded "
+        "config (only train.max_steps, train.max_time and train.device may be overridden).",
+    ),
 ) -> None:
-    """Train a model; the run folder gets config.yaml, metrics.jsonl and checkpoints/."""
+    """Train a model; the run folder gets config.yaml, metrics.jsonl and checkpoints/.
+
+    Ctrl-C or SIGTERM finishes the current step, saves a checkpoint and prints the command that
+    resumes it (exit code 130 or 143).
+    """
     from charlm.config import load_config
     from charlm.runs import default_run_dir
+    from charlm.train import TrainingInterrupted
+    from charlm.train import resume as resume_training
     from charlm.train import train as run_training
 
     config_path, overrides = split_train_args(args or [])
-    config = load_config(config_path, overrides)
-    run_dir = out if out is not None else default_run_dir(config_path)
+    if resume is not None and config_path is not None:
+        raise CharlmError(
+            f"--resume {resume}: a resumed run uses the config recorded in it; drop {config_path} "
+            f"(KEY=VALUE overrides of budgets are allowed)"
+        )
+    if resume is not None and out is not None:
+        raise CharlmError(
+            f"--resume {resume}: a resumed run continues in its own folder; drop --out"
+        )
     show = ProgressView(plain=quiet or not err.is_terminal)
-    with show:
-        result = run_training(config, run_dir, on_event=show.handle)
+    try:
+        if resume is not None:
+            with show:
+                result = resume_training(resume, overrides, on_event=show.handle)
+        else:
+            config = load_config(config_path, overrides)
+            run_dir = out if out is not None else default_run_dir(config_path)
+            with show:
+                result = run_training(config, run_dir, on_event=show.handle)
+    except TrainingInterrupted as stop:
+        err.print(f"{stop}", markup=False, soft_wrap=True)
+        err.print(f"resume with: {stop.resume_command}", markup=False, soft_wrap=True)
+        raise typer.Exit(stop.exit_code) from None
+    except KeyboardInterrupt:
+        raise fail("interrupted before training started; nothing was saved", 130) from None
     table = Table(title="charlm train", show_header=False, title_justify="left")
     table.add_row("run folder", str(result.run_dir))
     table.add_row("steps", f"{result.steps:,}")
@@ -191,11 +224,20 @@ class ProgressView:
                 )
             else:
                 err.print(f"{status} | {event['elapsed_s']:.1f}s", markup=False)
+        elif kind == "resume":
+            err.print(f"resuming from {event['path']} (step {event['step']:,})", markup=False)
         elif kind == "warning":
-            err.print(f"warning: {event['message']}", markup=False)
+            err.print(f"warning: {event['message']}", markup=False, soft_wrap=True)
 
 
 # ------------------------------------------------------------------------------------ sample
+UNKNOWN_HELP = (
+    "Characters of the {what} outside the model's vocabulary: error (name them and stop), skip "
+    "(drop them) or replace (use the unknown symbol of a model trained with "
+    "data.min_char_count > 1)."
+)
+
+
 @app.command()
 @friendly
 def sample(
@@ -218,15 +260,27 @@ def sample(
         1, "--num-samples", help="How many samples, drawn in one batch."
     ),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    unknown: str = typer.Option("error", "--unknown", help=UNKNOWN_HELP.format(what="prime")),
 ) -> None:
     """Print the prime followed by exactly --length new characters to stdout, as they come."""
     from charlm.checkpoint import load_model
     from charlm.sample import check_options, generate_batch
+    from charlm.vocab import check_unknown_policy
 
     check_options(length, temperature, top_k, top_p, num_samples)
+    check_unknown_policy(unknown)
     loaded = load_model(run, device)
     chars = generate_batch(
-        loaded.model, loaded.vocab, prime, length, temperature, top_k, top_p, seed, num_samples
+        loaded.model,
+        loaded.vocab,
+        prime,
+        length,
+        temperature,
+        top_k,
+        top_p,
+        seed,
+        num_samples,
+        unknown=unknown,
     )
     out = sys.stdout
     if num_samples == 1:
@@ -257,13 +311,16 @@ def eval_command(
     split: str = typer.Option("val", "--split", help="val, test or train (of the run's corpus)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object to stdout."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    unknown: str = typer.Option("error", "--unknown", help=UNKNOWN_HELP.format(what="--corpus")),
 ) -> None:
     """Mean loss (nats/char), bits per char and perplexity of a model on a split or a file."""
     from charlm.evaluate import evaluate_run
+    from charlm.vocab import check_unknown_policy
 
     if split not in ("val", "test", "train"):
         raise CharlmError(f"--split {split!r}: expected val, test or train")
-    result = evaluate_run(run, corpus=corpus, split=split, device=device)
+    check_unknown_policy(unknown)
+    result = evaluate_run(run, corpus=corpus, split=split, device=device, unknown=unknown)
     scored = str(corpus) if corpus is not None else f"{split} split"
     if as_json:
         typer.echo(json.dumps({"scored": scored, **result.to_dict()}))
@@ -367,6 +424,8 @@ class SweepView:
             what = {"skip": "finished already, skipped", "start": "starting"}
             line = f"[{event['index']}/{event['total']}] {event['name']}: "
             err.print(line + what.get(event["action"], "unfinished"), markup=False)
+        elif kind == "resume":
+            err.print(f"  resuming from {event['path']} (step {event['step']:,})", markup=False)
         elif kind == "sweep_moved":
             err.print(
                 f"  kept the unfinished run as {event['moved_to']}; starting it again",
@@ -407,6 +466,7 @@ def sweep(
     """Train every run of an experiment in turn (skipping finished ones), then compare them."""
     from charlm.runs import compare_runs
     from charlm.sweep import default_sweep_dir, load_experiment, run_sweep
+    from charlm.train import TrainingInterrupted
 
     path, overrides = split_train_args(args)
     if path is None:
@@ -420,6 +480,12 @@ def sweep(
     view = SweepView(plain=quiet or not err.is_terminal)
     try:
         result = run_sweep(experiment, folder, on_event=view.handle)
+    except TrainingInterrupted as stop:
+        view.close()
+        again = shlex.join(["charlm", "sweep", *args, "--out", str(folder)])
+        err.print(f"{stop}", markup=False, soft_wrap=True)
+        err.print(f"continue the sweep with: {again}", markup=False, soft_wrap=True)
+        raise typer.Exit(stop.exit_code) from None
     finally:
         view.close()
     _table_console().print(comparison_table(compare_runs(result.runs), f"charlm sweep: {path}"))
@@ -497,5 +563,87 @@ def compare(
         err.print(f"plot: {plot}", markup=False)
 
 
+# -------------------------------------------------------------------------------------- info
+@app.command()
+@friendly
+def info(
+    target: Path = typer.Argument(..., metavar="RUN|CHECKPOINT", help="A run folder or a file."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object to stdout."),
+) -> None:
+    """Step, time trained, sizes, scores and config of a run, and whether each checkpoint is
+    intact (exit code 1 when none is)."""
+    from charlm.info import describe
+
+    report = describe(target)
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+    else:
+        _print_info(report)
+    if report["summary"] is None:
+        raise typer.Exit(1)
+
+
+def _print_info(report: dict[str, Any]) -> None:
+    out = Console(highlight=False)
+    summary = report["summary"]
+    if summary is not None:
+        table = Table(title=f"charlm info: {report['target']}", show_header=False)
+        table.title_justify = "left"
+        table.add_column("what")
+        table.add_column("value", overflow="fold")
+
+        def bpc(value: float | None) -> str:
+            return "-" if value is None else f"{value:.4f}"
+
+        table.add_row("described checkpoint", summary["checkpoint"])
+        table.add_row("step", f"{summary['step']:,}")
+        table.add_row("time trained", f"{summary['elapsed_s']:.1f} s")
+        table.add_row("parameters", f"{summary['parameters']:,}")
+        table.add_row("vocabulary size", str(summary["vocab_size"]))
+        best = bpc(summary["best_val_bpc"])
+        table.add_row("best val bpc", f"{best} at step {summary['best_step']:,}")
+        table.add_row("last val bpc", bpc(summary["last_val_bpc"]))
+        table.add_row("trained on", f"{summary['device']} (torch {summary['torch_version']})")
+        if report.get("resume"):
+            table.add_row("resume", report["resume"])
+        out.print(table)
+        out.print("config:", markup=False)
+        for section, values in summary["config"].items():
+            for key, value in values.items():
+                out.print(f"  {section}.{key} = {value}", markup=False)
+    files = Table(title="checkpoint files", title_justify="left")
+    for column in ("file", "step", "bytes", "status"):
+        files.add_column(column, overflow="fold")
+    for entry in report["checkpoints"]:
+        status = entry["status"] + (f": {entry['problem']}" if entry["problem"] else "")
+        step = "-" if entry["step"] is None else f"{entry['step']:,}"
+        files.add_row(entry["file"], step, f"{entry['bytes']:,}", status)
+    out.print(files)
+    if summary is None:
+        err.print("[bold red]error:[/] no intact checkpoint found", markup=True)
+
+
 def main() -> None:
-    app()
+    """Run the app; a usage mistake (bad option value, unknown option) is one line and exit 1."""
+    try:
+        code = app(standalone_mode=False)
+    except typer.Abort:
+        err.print("aborted", markup=False)
+        sys.exit(130)
+    except Exception as e:
+        # Typer's usage errors (its click's UsageError/ClickException, vendored or not) carry
+        # `format_message` and `exit_code`; recognise them by that rather than by a private path.
+        if not (hasattr(e, "format_message") and hasattr(e, "exit_code")):
+            raise
+        ctx = getattr(e, "ctx", None)
+        if type(e).__name__ == "NoArgsIsHelpError" and ctx is not None:
+            typer.echo(ctx.get_help())  # a bare `charlm` or `charlm data` shows its help
+            sys.exit(0)
+        where = ctx.command_path if ctx is not None else "charlm"
+        err.print(
+            f"error: {where}: {e.format_message()} (see {where} --help)",
+            markup=False,
+            soft_wrap=True,
+        )
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -46,6 +46,20 @@ class DataConfig:
         default="strict",
         metadata=_help("Undecodable bytes: `strict` stops with an error, `replace` uses U+FFFD."),
     )
+    newline: Literal["lf", "keep"] = field(
+        default="lf",
+        metadata=_help(
+            "Line endings: `lf` turns \\r\\n and lone \\r into \\n (one newline symbol whatever "
+            "system wrote the file), `keep` leaves them as they are."
+        ),
+    )
+    min_char_count: int = field(
+        default=1,
+        metadata=_help(
+            "Characters seen fewer times than this become one unknown symbol (U+FFFD), so stray "
+            "characters do not swamp the vocabulary (1: off)."
+        ),
+    )
 
 
 @dataclass(frozen=True)
@@ -142,7 +156,7 @@ def _suggest(key: str) -> str:
 def _type_name(tp: Any) -> str:
     origin = typing.get_origin(tp)
     if origin is Literal:
-        return " | ".join(str(a) for a in typing.get_args(tp))
+        return " / ".join(str(a) for a in typing.get_args(tp))
     if origin in (typing.Union, types.UnionType):
         inner = [a for a in typing.get_args(tp) if a is not type(None)]
         return f"{_type_name(inner[0])} or empty"
@@ -223,12 +237,15 @@ def validate(config: Config) -> Config:
         d.test_fraction,
         "val_fraction + test_fraction < 1",
     )
+    if d.corpus is not None and "\0" in d.corpus:
+        raise CharlmError(f"data.corpus: {d.corpus!r} has a NUL character; expected a path or glob")
     try:
         "".encode(d.encoding)
-    except LookupError:
+    except (LookupError, ValueError):
         raise CharlmError(
             f"data.encoding: {d.encoding!r} is not a known text encoding (e.g. utf-8, latin-1)"
         ) from None
+    _check(d.min_char_count >= 1, "data.min_char_count", d.min_char_count, ">= 1 (1: off)")
     for name in ("embedding_dim", "hidden_size", "num_layers"):
         value = getattr(m, name)
         _check(value >= 1, f"model.{name}", value, "a positive whole number")
@@ -304,25 +321,38 @@ def read_yaml(path: Path) -> Any:
         raise CharlmError(f"{path}: is a folder; expected a YAML config file") from None
     except UnicodeDecodeError as e:
         raise CharlmError(f"{path}: not UTF-8 text (byte offset {e.start})") from None
-    except OSError as e:
-        raise CharlmError(f"{path}: cannot read config ({e.strerror})") from None
+    except (OSError, ValueError) as e:  # ValueError: a NUL in the path
+        reason = getattr(e, "strerror", None) or e
+        raise CharlmError(f"{path}: cannot read config ({reason})") from None
+    return parse_yaml(text, str(path))
+
+
+def parse_yaml(text: str, where: str = "config") -> Any:
+    """Parse YAML text safely; every failure is a CharlmError naming `where`."""
     try:
         raw = yaml.safe_load(text)
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        at = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = " ".join(str(e.problem or e.context or "invalid YAML").split())
-        raise CharlmError(f"{path}: YAML error at {where}{problem}") from None
+        if isinstance(e, yaml.constructor.ConstructorError) and "tag" in problem:
+            problem += " (only plain YAML is read: tags such as !!python/object are refused)"
+        raise CharlmError(f"{where}: YAML error at {at}{problem}") from None
     except yaml.YAMLError as e:
-        raise CharlmError(f"{path}: invalid YAML ({' '.join(str(e).split())})") from None
+        raise CharlmError(f"{where}: invalid YAML ({' '.join(str(e).split())})") from None
+    except RecursionError:
+        raise CharlmError(f"{where}: YAML nested too deeply to be a config") from None
     if raw is None:
-        raise CharlmError(f"{path}: the file is empty; expected a mapping of sections")
+        raise CharlmError(f"{where}: the file is empty; expected a mapping of sections")
     return raw
 
 
 def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
     """Apply `section.key=value` strings on top of a nested mapping (later ones win)."""
-    merged: dict[str, Any] = {s: dict(raw.get(s) or {}) for s in raw}
+    merged: dict[str, Any] = {
+        s: dict(body or {}) if isinstance(body, Mapping) or body is None else body
+        for s, body in raw.items()
+    }
     for item in overrides:
         key, sep, value = item.partition("=")
         key = key.strip()

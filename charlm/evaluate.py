@@ -81,8 +81,13 @@ def evaluate_run(
     split: str = "val",
     device: str = "auto",
     streams: int | None = None,
+    unknown: str = "error",
 ) -> EvalResult:
-    """Score a run's checkpoint on a split of its own corpus, or on any text file or folder."""
+    """Score a run's checkpoint on a split of its own corpus, or on any text file or folder.
+
+    `unknown` is the policy for characters of `corpus` outside the vocabulary (see
+    `Vocab.encode`); the run's own corpus is encoded as in training.
+    """
     from dataclasses import replace
 
     from charlm.checkpoint import load_model
@@ -93,7 +98,10 @@ def evaluate_run(
     n_streams = streams if streams is not None else loaded.config.train.eval_streams
     if corpus is not None:
         text = load_corpus(replace(data, corpus=str(corpus))).text
-        ids = loaded.vocab.encode(text)
+        try:
+            ids = loaded.vocab.encode(text, unknown)
+        except CharlmError as e:
+            raise CharlmError(f"{corpus}: {e}") from None
         if len(ids) < 2:
             raise CharlmError(f"{corpus}: too short to score; need at least 2 characters")
         return evaluate_ids(loaded.model, ids, n_streams)
@@ -105,7 +113,7 @@ def evaluate_run(
             f"{found.source}: the corpus changed since training, so its {split} split is not "
             f"the one the model was trained beside; score a file with --corpus PATH instead"
         )
-    ids = loaded.vocab.encode(found.text)
+    ids = loaded.vocab.encode(found.text, "replace" if loaded.vocab.unknown_char else "error")
     part = split_ids(ids, data.val_fraction, data.test_fraction).get(split)
     if len(part) < 2:
         raise CharlmError(

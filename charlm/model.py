@@ -71,7 +71,8 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
         raise CharlmError(
-            "train.device: 'cuda' was asked for but no CUDA GPU is available; use cpu or auto"
+            "device 'cuda' (train.device or --device) was asked for but no CUDA GPU is "
+            "available; use cpu or auto"
         )
     if name not in ("cpu", "cuda"):
         raise CharlmError(f"device {name!r}: expected auto, cpu or cuda")

@@ -3,8 +3,8 @@
 RUN/config.yaml        the fully resolved config (defaults + file + overrides)
 RUN/metrics.jsonl      one JSON object per logged step
 RUN/checkpoints/       step-XXXXXXXX.safetensors (the newest few) and best.safetensors
-RUN/summary.json       written when the run ends: status (finished or failed), budgets used,
-                       final scores (or the error)
+RUN/summary.json       written when the run ends: status (finished, interrupted, diverged,
+                       failed), budgets used, final scores (or the error)
 RUN/curves.png         train and val bpc against step, drawn when the run finishes
 RUN/tensorboard/       event files, only with train.tensorboard: true
 """
@@ -71,8 +71,13 @@ class MetricsLog:
         self.path = path
 
     def write(self, row: dict[str, Any]) -> None:
-        with self.path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
+        try:
+            with self.path.open("a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+        except OSError as e:
+            raise CharlmError(
+                f"{self.path}: could not append metrics ({e.strerror or e})"
+            ) from None
 
 
 def read_metrics(run: Path) -> list[dict[str, Any]]:
@@ -93,6 +98,46 @@ def write_json(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     os.replace(tmp, path)
+
+
+def check_resume_dir(path: Path) -> None:
+    """Refuse a resume target that is not an existing, writable run folder (before any loading)."""
+    if not path.exists():
+        raise CharlmError(f"{path}: no such run folder to resume (--resume)")
+    if not path.is_dir():
+        raise CharlmError(f"{path}: is a file; --resume expects a run folder")
+    ckpt_dir = path / CHECKPOINT_DIR
+    if not ckpt_dir.is_dir():
+        raise CharlmError(f"{path}: not a charlm run folder (no {CHECKPOINT_DIR}/ inside)")
+    for folder in (path, ckpt_dir):
+        if not os.access(folder, os.W_OK):
+            raise CharlmError(f"{folder}: is not writable; cannot resume training here")
+
+
+def rollback_metrics(run: Path, step: int) -> int:
+    """Drop metrics lines logged after `step` (and any line cut short by a crash).
+
+    A resumed run restarts from its checkpoint's step, so the lines after it belong to work that
+    is being redone; without them the file reads as one clean run. Returns the lines dropped.
+    """
+    path = run / METRICS_NAME
+    if not path.is_file():
+        return 0
+    lines = path.read_text(encoding="utf-8").splitlines()
+    kept = []
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and int(row.get("step", 0)) <= step:
+            kept.append(line)
+    dropped = len(lines) - len(kept)
+    if dropped:
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        os.replace(tmp, path)
+    return dropped
 
 
 # -- reading runs back (for `charlm runs`, `compare` and sweeps) ---------------------------------

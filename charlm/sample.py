@@ -47,14 +47,17 @@ def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None) 
     return logits
 
 
-def encode_prime(vocab: Vocab, prime: str) -> list[int]:
-    """Ids of the prime; empty primes start from a newline (or the first symbol)."""
-    if not prime:
-        return [vocab.chars.index("\n") if "\n" in vocab else 0]
+def encode_prime(vocab: Vocab, prime: str, unknown: str = "error") -> list[int]:
+    """Ids of the prime (unseen characters follow the `unknown` policy of `Vocab.encode`).
+
+    An empty prime, or one whose every character was skipped, starts from a newline (or the
+    first symbol).
+    """
     try:
-        return [int(i) for i in vocab.encode(prime)]
+        ids = [int(i) for i in vocab.encode(prime, unknown)]
     except CharlmError as e:
         raise CharlmError(f"--prime: {e}") from None
+    return ids or [vocab.chars.index("\n") if "\n" in vocab else 0]
 
 
 def generate_batch(
@@ -67,6 +70,7 @@ def generate_batch(
     top_p: float | None = None,
     seed: int | None = None,
     num_samples: int = 1,
+    unknown: str = "error",
 ) -> Iterator[tuple[str, ...]]:
     """Yield one new character per sample per step, `length` times.
 
@@ -74,7 +78,7 @@ def generate_batch(
     can report a bad prime before printing anything.
     """
     check_options(length, temperature, top_k, top_p, num_samples)
-    prime_ids = encode_prime(vocab, prime)
+    prime_ids = encode_prime(vocab, prime, unknown)
     gen = torch.Generator()
     gen.manual_seed(seed if seed is not None else int(torch.seed() % (2**63)))
     return _decode(model, vocab, prime_ids, length, temperature, top_k, top_p, gen, num_samples)
@@ -97,13 +101,15 @@ def _decode(
     ids = torch.tensor(prime_ids, device=device)
     logits, state = model(ids.expand(num_samples, -1), None)
     last = logits[:, -1].float().cpu()
-    for _ in range(length):
+    for i in range(length):
         if temperature == 0:
             ids = last.argmax(dim=-1)
         else:
             probs = torch.softmax(filter_logits(last / temperature, top_k, top_p), dim=-1)
             ids = torch.multinomial(probs, 1, generator=gen).squeeze(1)
         yield tuple(vocab.chars[i] for i in ids.tolist())
+        if i == length - 1:
+            break
         logits, state = model(ids.to(device).unsqueeze(1), state)
         last = logits[:, -1].float().cpu()
 

@@ -43,9 +43,11 @@ TAGS = {
 class TensorBoardLogger:
     """Writes each logged metric as a scalar at its step under RUN/tensorboard/."""
 
-    def __init__(self, run_dir: Path, config_yaml: str) -> None:
+    def __init__(self, run_dir: Path, config_yaml: str, purge_step: int | None = None) -> None:
+        """`purge_step`: the first step a resumed run redoes, so TensorBoard hides what the
+        interrupted attempt logged from there on (the resumed run logs those steps again)."""
         writer_class = summary_writer_class()
-        self.writer = writer_class(log_dir=str(run_dir / TENSORBOARD_DIR))
+        self.writer = writer_class(log_dir=str(run_dir / TENSORBOARD_DIR), purge_step=purge_step)
         # Indented by four spaces so TensorBoard's markdown shows it as a code block.
         self.writer.add_text("config", "    " + config_yaml.replace("\n", "\n    "), 0)
 

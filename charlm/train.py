@@ -7,10 +7,14 @@ of elapsed time when only a time budget bounds the run), so it needs no state of
 
 from __future__ import annotations
 
+import contextlib
 import math
 import random
+import shlex
+import signal
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +26,14 @@ import torch.nn.functional as F
 from charlm import checkpoint as ckpt
 from charlm import tblog
 from charlm.batches import Splits, StreamBatcher, split_ids
-from charlm.config import BUILTIN_CORPUS, Config, config_to_dict, dump_yaml
+from charlm.config import (
+    BUILTIN_CORPUS,
+    Config,
+    apply_overrides,
+    config_from_dict,
+    config_to_dict,
+    dump_yaml,
+)
 from charlm.corpus import load_corpus
 from charlm.errors import CharlmError
 from charlm.evaluate import EvalResult, evaluate_ids
@@ -33,8 +44,10 @@ from charlm.runs import (
     METRICS_NAME,
     SUMMARY_NAME,
     MetricsLog,
+    check_resume_dir,
     check_run_dir,
     prepare_run_dir,
+    rollback_metrics,
     running_lock,
     write_failure,
     write_json,
@@ -44,6 +57,42 @@ from charlm.vocab import Vocab
 Event = dict[str, Any]
 Callback = Callable[[Event], None]
 ADAM_BETAS = (0.9, 0.99)
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+# Keys a resumed run may change: budgets (which extend or end the run) and the device (to resume a
+# GPU run on a CPU machine). Everything else is the recorded config, so the run stays one run.
+RESUME_KEYS = ("train.max_steps", "train.max_time", "train.device")
+
+
+def resume_command(run_dir: Path) -> str:
+    return f"charlm train --resume {shlex.quote(str(run_dir))}"
+
+
+class TrainingInterrupted(Exception):
+    """Training stopped on SIGINT or SIGTERM after saving a checkpoint; not a failure.
+
+    The CLI maps it to exit code 128 + signal number (130 for Ctrl-C, 143 for SIGTERM).
+    """
+
+    def __init__(self, signum: int, step: int, checkpoint: Path, run_dir: Path) -> None:
+        self.signum = signum
+        self.signal_name = signal.Signals(signum).name
+        self.step = step
+        self.checkpoint = checkpoint
+        self.run_dir = run_dir
+        self.exit_code = 128 + signum
+        self.resume_command = resume_command(run_dir)
+        super().__init__(
+            f"stopped by {self.signal_name} after step {step}; checkpoint saved to {checkpoint}"
+        )
+
+
+class TrainingDiverged(CharlmError):
+    """A non-finite loss or gradient norm: the step was not applied and nothing was saved."""
+
+    def __init__(self, message: str, step: int, last_checkpoint: Path | None) -> None:
+        super().__init__(message)
+        self.step = step
+        self.last_checkpoint = last_checkpoint
 
 
 def lr_at(config: Config, step: int, elapsed: float) -> float:
@@ -75,10 +124,9 @@ class Data:
 def prepare_data(config: Config) -> Data:
     """Read, encode and split the corpus, checking each split is big enough to use."""
     corpus = load_corpus(config.data)
-    vocab = Vocab.from_text(corpus.text)
-    splits = split_ids(
-        vocab.encode(corpus.text), config.data.val_fraction, config.data.test_fraction
-    )
+    vocab = Vocab.from_text(corpus.text, config.data.min_char_count)
+    ids = vocab.encode(corpus.text, unknown="replace" if vocab.unknown_char else "error")
+    splits = split_ids(ids, config.data.val_fraction, config.data.test_fraction)
     if len(splits.val) < 2:
         raise CharlmError(
             f"{corpus.source}: the val split has {len(splits.val)} characters "
@@ -131,6 +179,19 @@ def _rng_tensors() -> dict[str, torch.Tensor]:
     return out
 
 
+def _restore_rng(record: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+    """Put back every random state a checkpoint holds (CUDA ones only for GPUs present)."""
+    version, internal, gauss = record["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = record["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), int(pos), int(has_gauss), cached))
+    torch.set_rng_state(tensors["torch_cpu"])
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            if f"cuda{i}" in tensors:
+                torch.cuda.set_rng_state(tensors[f"cuda{i}"], i)
+
+
 class Trainer:
     """One training run. Kept as a class only so its state can be saved from one place."""
 
@@ -155,9 +216,16 @@ class Trainer:
         self.best_val_loss = math.inf
         self.best_step = 0
         self.last_val: EvalResult | None = None
+        # The running train-loss window between metrics lines: saved, so a resumed run logs
+        # the same averages as one that never stopped.
+        self.window_loss = torch.zeros((), device=self.device)
+        self.window_steps = 0
+        self.last_checkpoint: Path | None = None
+        self.stop_signal: int | None = None
 
-    # -- checkpoints -------------------------------------------------------------------------
-    def save(self, path: Path) -> None:
+    # -- state: the one save/load pair (everything a resume needs) ------------------------------
+    def state_dict(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """Tensors and JSON record of the whole training state at the end of `self.step`."""
         opt_tensors, opt_record = ckpt.pack_optimizer(self.optimizer.state_dict())
         tensors: dict[str, torch.Tensor] = {}
         tensors.update({f"model/{k}": v for k, v in self.model.state_dict().items()})
@@ -170,6 +238,7 @@ class Trainer:
             "step": self.step,
             "elapsed_s": self.elapsed,
             "batcher": self.batcher.state_dict(),
+            "window": {"loss_sum": float(self.window_loss), "steps": self.window_steps},
             "best_val_loss": None if math.isinf(self.best_val_loss) else self.best_val_loss,
             "best_step": self.best_step,
             "last_val": None if self.last_val is None else self.last_val.to_dict(),
@@ -180,8 +249,123 @@ class Trainer:
             "torch_version": torch.__version__,
             "device": str(self.device),
         }
+        return tensors, record
+
+    def load_state(self, checkpoint: ckpt.Checkpoint) -> None:
+        """Restore what `state_dict` saved; tensors are loaded on the CPU, then moved here."""
+        record, where = checkpoint.record, checkpoint.path
+        if record.get("corpus", {}).get("sha256") != self.data.corpus_record["sha256"]:
+            raise CharlmError(
+                f"{where}: the corpus {self.data.corpus_record['source']} changed since this "
+                f"checkpoint was written; a resumed run must read the same text"
+            )
+        try:
+            self.model.load_state_dict(checkpoint.group("model"))
+            self.optimizer.load_state_dict(
+                ckpt.unpack_optimizer(checkpoint.group("optim"), record["optimizer"])
+            )
+            saved_state = checkpoint.group("state")
+            self.state = tuple(saved_state[str(i)].to(self.device) for i in range(len(saved_state)))
+            self.batcher.load_state_dict(record["batcher"])
+            window = record.get("window", {"loss_sum": 0.0, "steps": 0})
+            self.window_loss = torch.tensor(window["loss_sum"], device=self.device)
+            self.window_steps = int(window["steps"])
+            self.step = int(record["step"])
+            self.elapsed = float(record["elapsed_s"])
+            best = record.get("best_val_loss")
+            self.best_val_loss = math.inf if best is None else float(best)
+            self.best_step = int(record.get("best_step", 0))
+            if record.get("last_val"):
+                fields = ("loss", "bpc", "perplexity", "chars", "streams", "seconds")
+                self.last_val = EvalResult(**{k: record["last_val"][k] for k in fields})
+            _restore_rng(record["rng"], checkpoint.group("rng"))
+        except (KeyError, ValueError, TypeError, RuntimeError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise CharlmError(f"{where}: cannot restore training state from it ({first})") from None
+        self.last_checkpoint = where
+
+    def save(self, path: Path) -> None:
+        tensors, record = self.state_dict()
         ckpt.save_checkpoint(path, tensors, record)
         self.emit({"event": "checkpoint", "path": str(path), "step": self.step})
+
+    def save_step(self) -> Path:
+        """Write this step's checkpoint and prune the old ones; the resume point."""
+        path = self.run_dir / CHECKPOINT_DIR / ckpt.step_name(self.step)
+        self.save(path)
+        self.last_checkpoint = path
+        ckpt.prune(path.parent, self.config.train.keep_last)
+        return path
+
+    # -- stop signals ------------------------------------------------------------------------
+    def request_stop(self, signum: int = signal.SIGINT, frame: object = None) -> None:
+        """Ask the loop to stop after the current step (the SIGINT/SIGTERM handler).
+
+        Only records the first signal: a second Ctrl-C while the checkpoint is being written is
+        ignored, so it cannot cut the save short.
+        """
+        if self.stop_signal is None:
+            self.stop_signal = signum
+
+    @contextlib.contextmanager
+    def stop_signals(self) -> Iterator[None]:
+        """Route SIGINT/SIGTERM to `request_stop` (main thread only), then restore the old ones."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
+        for s in STOP_SIGNALS:
+            signal.signal(s, self.request_stop)
+        try:
+            yield
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler if handler is not None else signal.SIG_DFL)
+
+    # -- one step ----------------------------------------------------------------------------
+    def compute_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Forward one batch with the carried state; the mean next-character loss."""
+        logits, state = self.model(x, self.state)
+        self.state = detach_state(state)
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Backward, clip and apply one update, unless the loss or gradient norm is not finite."""
+        loss = self.compute_loss(x, y)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        clip = self.config.train.grad_clip
+        norm = torch.nn.utils.clip_grad_norm_(
+            self.model.parameters(), clip if clip > 0 else math.inf
+        )
+        if not bool(torch.isfinite(loss.detach()) & torch.isfinite(norm)):
+            self._diverged(float(loss.detach()), float(norm))
+        self.optimizer.step()
+        return loss.detach()
+
+    def _diverged(self, loss: float, norm: float) -> None:
+        step = self.step + 1
+        last = self.last_checkpoint
+        where = (
+            f"last good checkpoint {last} (left untouched)"
+            if last is not None
+            else "no checkpoint had been saved yet"
+        )
+        write_json(
+            self.run_dir / SUMMARY_NAME,
+            {
+                "status": "diverged",
+                "step": step,
+                "last_checkpoint": None if last is None else str(last),
+            },
+        )
+        raise TrainingDiverged(
+            f"training diverged at step {step}: loss {loss:.4g}, gradient norm {norm:.4g} "
+            f"(not finite); the step was not applied; {where}. Try a lower train.lr or a "
+            f"train.grad_clip > 0 in a new run",
+            step,
+            last,
+        )
 
     # -- evaluation --------------------------------------------------------------------------
     def evaluate(self, full: bool) -> EvalResult:
@@ -193,6 +377,11 @@ class Trainer:
 
     # -- the loop ----------------------------------------------------------------------------
     def run(self) -> TrainResult:
+        """Train to the budget; SIGINT/SIGTERM stop it cleanly after a checkpoint."""
+        with self.stop_signals():
+            return self._run()
+
+    def _run(self) -> TrainResult:
         t = self.config.train
         ckpt_dir = self.run_dir / CHECKPOINT_DIR
         metrics = MetricsLog(self.run_dir / METRICS_NAME)
@@ -208,12 +397,11 @@ class Trainer:
                 "val_chars": len(self.data.splits.val),
                 "max_steps": t.max_steps,
                 "max_time": t.max_time,
+                "step": self.step,
             }
         )
         self.model.train()
-        loss_sum = torch.zeros((), device=self.device)
-        window_steps, window_time = 0, 0.0
-        last_path = ckpt_dir / ckpt.step_name(0)
+        window_time = 0.0
         start = time.perf_counter() - self.elapsed
         while True:
             step_start = time.perf_counter()
@@ -225,17 +413,9 @@ class Trainer:
                 self.state = self.model.init_state(t.batch_size, self.device)
             x = x.to(self.device, non_blocking=True)
             y = y.to(self.device, non_blocking=True)
-            logits, state = self.model(x, self.state)
-            self.state = detach_state(state)
-            loss = F.cross_entropy(logits.reshape(-1, vocab_size), y.reshape(-1))
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if t.grad_clip > 0:
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), t.grad_clip)
-            self.optimizer.step()
-            loss_sum += loss.detach()
+            self.window_loss += self.train_step(x, y)
             self.step += 1
-            window_steps += 1
+            self.window_steps += 1
             window_time += time.perf_counter() - step_start
             self.elapsed = time.perf_counter() - start
             done = (t.max_steps is not None and self.step >= t.max_steps) or (
@@ -243,19 +423,20 @@ class Trainer:
             )
             row: dict[str, Any] = {}
             if self.step % t.log_interval == 0 or done:
-                train_loss = float(loss_sum) / window_steps
+                train_loss = float(self.window_loss) / self.window_steps
                 row = {
                     "step": self.step,
                     "elapsed_s": round(self.elapsed, 3),
                     "train_loss": train_loss,
                     "lr": lr,
                     "chars_per_s": round(
-                        window_steps * t.batch_size * t.seq_len / max(window_time, 1e-9), 1
+                        self.window_steps * t.batch_size * t.seq_len / max(window_time, 1e-9),
+                        1,
                     ),
                     "epoch": self.batcher.position.epoch,
                 }
-                loss_sum.zero_()
-                window_steps, window_time = 0, 0.0
+                self.window_loss.zero_()
+                self.window_steps, window_time = 0, 0.0
             if self.step % t.eval_interval == 0 or done:
                 result = self.evaluate(full=done)
                 self.last_val = result
@@ -267,13 +448,31 @@ class Trainer:
             if row:
                 metrics.write(row)
                 self.emit({"event": "log", **row})
-            if self.step % t.checkpoint_interval == 0 or done:
-                last_path = ckpt_dir / ckpt.step_name(self.step)
-                self.save(last_path)
-                ckpt.prune(ckpt_dir, t.keep_last)
+            stopping = self.stop_signal is not None and not done
+            if self.step % t.checkpoint_interval == 0 or done or stopping:
+                self.save_step()
             if done:
                 break
-        return self._finish(last_path)
+            if stopping:
+                self._interrupted()
+        assert self.last_checkpoint is not None
+        return self._finish(self.last_checkpoint)
+
+    def _interrupted(self) -> None:
+        assert self.stop_signal is not None and self.last_checkpoint is not None
+        stop = TrainingInterrupted(self.stop_signal, self.step, self.last_checkpoint, self.run_dir)
+        write_json(
+            self.run_dir / SUMMARY_NAME,
+            {
+                "status": "interrupted",
+                "signal": stop.signal_name,
+                "steps": self.step,
+                "last_checkpoint": str(self.last_checkpoint),
+                "resume": stop.resume_command,
+            },
+        )
+        self.emit({"event": "interrupted", "signal": stop.signal_name, "step": self.step})
+        raise stop
 
     def _finish(self, last_path: Path) -> TrainResult:
         assert self.last_val is not None
@@ -321,18 +520,24 @@ def train(config: Config, run_dir: str | Path, on_event: Callback | None = None)
 
 
 def run_recorded(trainer: Trainer) -> TrainResult:
-    """Run the trainer with the extras around it: TensorBoard logging when asked, a `failed`
-    summary.json when an error stops it, curves.png when it finishes, and RUN/.running locked
+    """Run the trainer (new or resumed) with the extras around it: TensorBoard logging when
+    asked, a `failed` summary.json when an error stops it (unless the trainer wrote its own, as
+    for interrupted or diverged runs), curves.png when it finishes, and RUN/.running locked
     meanwhile so `charlm runs` can tell a run in progress from an interrupted one."""
     tensorboard = None
     if trainer.config.train.tensorboard:
-        tensorboard = tblog.TensorBoardLogger(trainer.run_dir, dump_yaml(trainer.config))
+        tensorboard = tblog.TensorBoardLogger(
+            trainer.run_dir,
+            dump_yaml(trainer.config),
+            purge_step=trainer.step + 1 if trainer.step else None,
+        )
         trainer.emit = tensorboard.wrap(trainer.emit)
     with running_lock(trainer.run_dir):
         try:
             result = trainer.run()
         except Exception as e:
-            write_failure(trainer.run_dir, e, trainer.step, trainer.elapsed)
+            if not (trainer.run_dir / SUMMARY_NAME).exists():
+                write_failure(trainer.run_dir, e, trainer.step, trainer.elapsed)
             raise
         finally:
             if tensorboard is not None:
@@ -345,3 +550,83 @@ def run_recorded(trainer: Trainer) -> TrainResult:
         reason = " ".join(str(e).split()) or type(e).__name__
         trainer.emit({"event": "warning", "message": f"could not draw curves.png: {reason}"})
     return result
+
+
+def resume_config(checkpoint: ckpt.Checkpoint, overrides: Sequence[str] = ()) -> Config:
+    """The config recorded in a checkpoint, with only the `RESUME_KEYS` allowed to change."""
+    where = f"{checkpoint.path} (config record)"
+    raw = checkpoint.record.get("config")
+    if not isinstance(raw, dict):
+        raise CharlmError(f"{where}: missing; cannot resume from this checkpoint")
+    merged = apply_overrides(raw, overrides)
+    for item in overrides:
+        key = item.partition("=")[0].strip()
+        if key not in RESUME_KEYS:
+            raise CharlmError(
+                f"override {item!r}: a resumed run keeps the config recorded in its checkpoint; "
+                f"only {', '.join(RESUME_KEYS)} may change (start a new run to change {key})"
+            )
+    return config_from_dict(merged, where=where)
+
+
+def resume(
+    run_dir: str | Path, overrides: Sequence[str] = (), on_event: Callback | None = None
+) -> TrainResult:
+    """Continue a run from its newest intact step checkpoint, exactly as if it never stopped.
+
+    Exact (bit for bit on the same device) for step-bounded runs with unchanged budgets; a run
+    bounded only by `max_time` schedules its learning rate by elapsed time, which is not.
+    """
+    run_dir = Path(run_dir)
+    emit: Callback = on_event or (lambda event: None)
+    check_resume_dir(run_dir)
+    ckpt_dir = run_dir / CHECKPOINT_DIR
+    checkpoint, skipped = ckpt.latest_intact(ckpt_dir)
+    for path, problem in skipped:
+        emit({"event": "warning", "message": f"skipping {path.name}: {problem}"})
+    if checkpoint is None:
+        raise CharlmError(
+            f"{run_dir}: no complete checkpoint to resume from (none was written, or all are "
+            f"damaged); start again with a new --out folder"
+        )
+    config = resume_config(checkpoint, overrides)
+    if config.train.tensorboard:
+        tblog.summary_writer_class()  # a missing extra stops here, before any work or writes
+    t, step = config.train, checkpoint.step
+    if t.max_steps is not None and step >= t.max_steps:
+        raise CharlmError(
+            f"{checkpoint.path}: already at step {step}, which train.max_steps={t.max_steps} "
+            f"does not exceed; pass a larger train.max_steps=N to train further"
+        )
+    elapsed = float(checkpoint.record.get("elapsed_s", 0.0))
+    if t.max_time is not None and elapsed >= t.max_time:
+        raise CharlmError(
+            f"{checkpoint.path}: already trained {elapsed:.1f} s, which train.max_time="
+            f"{t.max_time:g} does not exceed; pass a larger train.max_time=SECONDS"
+        )
+    trainer = Trainer(config, run_dir, on_event)
+    trainer.load_state(checkpoint)
+    _adopt_newer_best(trainer, ckpt_dir / ckpt.BEST_NAME)
+    ckpt.remove_temp_files(ckpt_dir)
+    rollback_metrics(run_dir, step)
+    (run_dir / SUMMARY_NAME).unlink(missing_ok=True)
+    (run_dir / CONFIG_NAME).write_text(dump_yaml(config), encoding="utf-8")
+    emit({"event": "resume", "path": str(checkpoint.path), "step": step})
+    return run_recorded(trainer)
+
+
+def _adopt_newer_best(trainer: Trainer, best_path: Path) -> None:
+    """Keep a best checkpoint written after the resume point as the score to beat.
+
+    On an exact resume the redone evals reproduce it anyway; otherwise a better model already
+    on disk must not be overwritten by a worse one.
+    """
+    if not best_path.is_file():
+        return
+    try:
+        best = ckpt.load_checkpoint(best_path).record
+    except CharlmError:
+        return  # a damaged best is simply replaced by the next better eval
+    loss = best.get("best_val_loss")
+    if best.get("step", 0) > trainer.step and loss is not None and loss < trainer.best_val_loss:
+        trainer.best_val_loss, trainer.best_step = float(loss), int(best["best_step"])

@@ -161,8 +161,9 @@ class RecordingWriter:
 
     instances: ClassVar[list[RecordingWriter]] = []
 
-    def __init__(self, log_dir: str) -> None:
+    def __init__(self, log_dir: str, purge_step: int | None = None) -> None:
         self.log_dir = log_dir
+        self.purge_step = purge_step
         self.scalars: list[tuple[str, float, int]] = []
         self.texts: list[str] = []
         self.closed = False
@@ -190,6 +191,7 @@ def test_tensorboard_logging_writes_each_metric_at_its_step(
     train(tiny_config(corpus_file, **TEN_STEPS, **{"train.tensorboard": True}), run)
     (writer,) = RecordingWriter.instances
     assert writer.log_dir == str(run / "tensorboard") and writer.closed
+    assert writer.purge_step is None  # a fresh run has nothing to hide
     assert writer.texts == ["config"]
     val_steps = [step for tag, _, step in writer.scalars if tag == "bpc/val"]
     assert val_steps == [5, 10]

@@ -1,0 +1,196 @@
+"""Property-based tests: whatever the input, the result is right or a CharlmError, nothing else.
+
+Lone surrogates: a Python string may hold them and the vocabulary treats them as ordinary code
+points (so the round trip below includes them), but a decoded corpus never contains one: strict
+decoding refuses them and `data.errors: replace` turns them into U+FFFD.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from charlm.config import SECTIONS, Config, DataConfig, all_keys, dump_yaml, load_config
+from charlm.corpus import load_corpus
+from charlm.errors import CharlmError
+from charlm.vocab import UNKNOWN_CHAR, Vocab
+
+FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+# Every code point, surrogates included (Hypothesis leaves out category Cs unless told).
+any_char = st.characters(min_codepoint=0, max_codepoint=0x10FFFF, exclude_categories=())
+any_text = st.text(any_char, max_size=60)
+# A small alphabet so that repeats, rare characters and overlaps between texts are common.
+small_text = st.text(st.sampled_from("ab\n\r\t é😀\ud800\U0010ffff"), max_size=40)
+
+
+@pytest.fixture(scope="module")
+def scratch(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("fuzz")
+
+
+# ------------------------------------------------------------------------------------- vocab
+@FUZZ
+@given(any_text)
+def test_vocab_round_trip(text: str) -> None:
+    vocab = Vocab.from_text(text)
+    ids = vocab.encode(text)
+    assert len(ids) == len(text)
+    assert all(0 <= int(i) < len(vocab) for i in ids)
+    assert vocab.decode(ids) == text
+    # The record survives JSON, as it does inside a checkpoint (an empty one is refused).
+    if text:
+        assert Vocab.from_dict(json.loads(json.dumps(vocab.to_dict()))) == vocab
+
+
+@FUZZ
+@given(st.one_of(any_text, small_text), st.integers(min_value=1, max_value=4))
+def test_rare_characters_share_the_unknown_symbol(text: str, min_count: int) -> None:
+    vocab = Vocab.from_text(text, min_count)
+    counts = Counter(text)
+    for char, n in counts.items():
+        assert (char in vocab) == (n >= min_count or char == vocab.unknown_char)
+    assert (vocab.unknown_char is not None) == (min_count > 1)
+    policy = "replace" if vocab.unknown_char else "error"
+    expected = "".join(c if counts[c] >= min_count else UNKNOWN_CHAR for c in text)
+    assert vocab.decode(vocab.encode(text, policy)) == expected
+    if len(vocab):
+        assert Vocab.from_dict(json.loads(json.dumps(vocab.to_dict()))) == vocab
+
+
+@FUZZ
+@given(small_text, small_text, st.sampled_from(["error", "skip", "replace"]))
+def test_unknown_policy(vocab_text: str, text: str, policy: str) -> None:
+    vocab = Vocab.from_text(vocab_text, 2 if policy == "replace" else 1)
+    unseen = [c for c in text if c not in vocab]
+    if policy == "error" and unseen:
+        with pytest.raises(CharlmError, match="not in the model's vocabulary"):
+            vocab.encode(text, policy)
+        return
+    decoded = vocab.decode(vocab.encode(text, policy))
+    if policy == "replace":
+        assert decoded == "".join(c if c in vocab else UNKNOWN_CHAR for c in text)
+    else:
+        assert decoded == "".join(c for c in text if c in vocab)
+
+
+# ------------------------------------------------------------------------------------ config
+def _field_names(section: str) -> list[str]:
+    return [key.split(".", 1)[1] for key in all_keys() if key.startswith(section + ".")]
+
+
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(10**30), max_value=10**30),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=12),
+    st.sampled_from(["lstm", "gru", "cpu", "auto", "cuda", "lf", "keep", "3e-4", "1e400", ""]),
+    st.lists(st.integers(), max_size=2),
+)
+section_bodies = st.one_of(
+    scalars,
+    st.dictionaries(
+        st.one_of(st.sampled_from([n for s in SECTIONS for n in _field_names(s)]), st.text()),
+        scalars,
+        max_size=5,
+    ),
+)
+yaml_docs = st.dictionaries(
+    st.one_of(st.sampled_from([*SECTIONS, "modle", "extra"]), st.integers()),
+    section_bodies,
+    max_size=4,
+).map(lambda d: yaml.safe_dump(d, allow_unicode=True))
+
+
+def _assert_valid(config: Config, scratch: Path) -> None:
+    """A returned config is valid and survives its own YAML dump unchanged."""
+    path = scratch / "dumped.yaml"
+    path.write_text(dump_yaml(config), encoding="utf-8")
+    assert load_config(path) == config
+
+
+@FUZZ
+@given(st.one_of(st.text(max_size=200), yaml_docs))
+def test_config_loader_on_any_yaml(scratch: Path, text: str) -> None:
+    path = scratch / "fuzz.yaml"
+    path.write_text(text, encoding="utf-8", errors="surrogatepass")
+    try:
+        config = load_config(path)
+    except CharlmError as e:
+        assert str(e) and "\n" not in str(e).strip()
+        return
+    _assert_valid(config, scratch)
+
+
+overrides = st.lists(
+    st.one_of(
+        st.text(max_size=30),
+        st.builds(
+            lambda k, v: f"{k}={v}",
+            st.one_of(st.sampled_from(all_keys()), st.text(max_size=15)),
+            st.one_of(st.text(max_size=15), scalars.map(str)),
+        ),
+    ),
+    max_size=5,
+)
+
+
+@FUZZ
+@given(overrides)
+def test_config_loader_on_any_overrides(scratch: Path, items: list[str]) -> None:
+    try:
+        config = load_config(None, items)
+    except CharlmError as e:
+        assert str(e)
+        return
+    _assert_valid(config, scratch)
+
+
+# ------------------------------------------------------------------------------------ corpus
+ENCODINGS = [
+    *["utf-8", "latin-1", "cp1252", "ascii", "utf-16", "utf-16-le", "utf-32", "shift_jis"],
+    *["idna", "punycode"],  # codecs that fail without a byte offset
+]
+corpus_bytes = st.one_of(
+    st.binary(max_size=200),
+    st.builds(
+        lambda text, enc: text.encode(enc, "replace"),
+        st.text(max_size=80),
+        st.sampled_from(["utf-8", "utf-8-sig", "utf-16", "latin-1"]),
+    ),
+)
+
+
+@FUZZ
+@given(
+    corpus_bytes,
+    st.sampled_from(ENCODINGS),
+    st.sampled_from(["strict", "replace"]),
+    st.sampled_from(["lf", "keep"]),
+)
+def test_corpus_loader_on_any_bytes(
+    scratch: Path, data: bytes, encoding: str, errors: Any, newline: Any
+) -> None:
+    path = scratch / "corpus.txt"
+    path.write_bytes(data)
+    config = DataConfig(corpus=str(path), encoding=encoding, errors=errors, newline=newline)
+    try:
+        corpus = load_corpus(config)
+    except CharlmError as e:
+        assert str(path) in str(e)
+        return
+    text = corpus.text
+    assert text and not text.startswith("\ufeff")
+    assert not any(0xD800 <= ord(c) <= 0xDFFF for c in text)  # never a lone surrogate
+    if newline == "lf":
+        assert "\r" not in text
+    if encoding == "utf-8" and errors == "strict" and newline == "keep":
+        assert text == data.decode("utf-8").removeprefix("\ufeff")

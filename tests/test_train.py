@@ -1,0 +1,119 @@
+"""The model and the training loop: shapes, learning, determinism, the run folder."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny_config
+
+from charlm.config import ModelConfig, load_config
+from charlm.errors import CharlmError
+from charlm.model import CharLM
+from charlm.train import lr_at, train
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_model_shapes_and_carried_state(cell: str) -> None:
+    model = CharLM(ModelConfig(cell=cell, embedding_dim=8, hidden_size=12, num_layers=2), 20)
+    ids = torch.randint(0, 20, (3, 7))
+    logits, state = model(ids)
+    assert logits.shape == (3, 7, 20)
+    assert len(state) == (2 if cell == "lstm" else 1)
+    assert state[0].shape == (2, 3, 12)
+    # Running in two halves with the state carried equals one pass.
+    first, mid = model(ids[:, :4])
+    second, _ = model(ids[:, 4:], mid)
+    assert torch.allclose(torch.cat([first, second], dim=1), logits, atol=1e-6)
+
+
+def test_lr_schedule_warms_up_then_decays_to_the_floor() -> None:
+    config = load_config(None, ["train.max_steps=100", "train.warmup_steps=10", "train.lr=1.0"])
+    lrs = [lr_at(config, s, 0.0) for s in range(101)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in itertools.pairwise(lrs[10:]))
+    assert lrs[100] == pytest.approx(config.train.min_lr_ratio)
+    timed = load_config(
+        None, ["train.max_steps=null", "train.max_time=60", "train.warmup_steps=0", "train.lr=1"]
+    )
+    assert lr_at(timed, 5, 30.0) == pytest.approx((1 + timed.train.min_lr_ratio) / 2)
+
+
+def test_tiny_model_learns_well_below_uniform(tmp_path: Path, corpus_file: Path) -> None:
+    config = tiny_config(corpus_file, **{"train.max_steps": 80})
+    result = train(config, tmp_path / "run")
+    vocab_size = len(set(corpus_file.read_text()))
+    uniform = math.log(vocab_size)
+    assert result.final_val.loss < 0.6 * uniform
+    assert result.best_val_loss <= result.final_val.loss + 1e-9
+    assert result.steps == 80
+
+
+def test_run_folder_layout_and_metrics(tmp_path: Path, corpus_file: Path) -> None:
+    run = tmp_path / "run"
+    train(tiny_config(corpus_file), run)
+    assert (run / "config.yaml").is_file()
+    resolved = load_config(run / "config.yaml")
+    assert resolved == tiny_config(corpus_file)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == list(range(5, 41, 5))
+    for row in rows:
+        assert {"step", "elapsed_s", "train_loss", "lr", "chars_per_s"} <= row.keys()
+    evals = [r for r in rows if "val_loss" in r]
+    assert [r["step"] for r in evals] == [20, 40]
+    assert all(r["val_bpc"] == pytest.approx(r["val_loss"] / math.log(2)) for r in evals)
+    checkpoints = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert checkpoints == [
+        "best.safetensors",
+        "step-00000020.safetensors",
+        "step-00000040.safetensors",
+    ]
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "finished" and summary["steps"] == 40
+
+
+def test_training_is_deterministic_on_cpu(tmp_path: Path, corpus_file: Path) -> None:
+    config = tiny_config(corpus_file, **{"model.dropout": 0.1, "model.num_layers": 2})
+    a = train(config, tmp_path / "a")
+    b = train(config, tmp_path / "b")
+    lines_a = [
+        json.loads(x)["train_loss"] for x in (tmp_path / "a/metrics.jsonl").read_text().splitlines()
+    ]
+    lines_b = [
+        json.loads(x)["train_loss"] for x in (tmp_path / "b/metrics.jsonl").read_text().splitlines()
+    ]
+    assert lines_a == lines_b
+    assert a.final_val.loss == b.final_val.loss
+
+
+def test_time_budget_stops_the_run(tmp_path: Path, corpus_file: Path) -> None:
+    config = tiny_config(corpus_file, **{"train.max_steps": "null", "train.max_time": 0.5})
+    result = train(config, tmp_path / "run")
+    assert result.elapsed_s >= 0.5
+    assert result.steps >= 1
+
+
+def test_existing_run_folder_is_never_overwritten(tmp_path: Path, corpus_file: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "notes.txt").write_text("mine")
+    with pytest.raises(CharlmError, match="already holds files"):
+        train(tiny_config(corpus_file), run)
+    assert (run / "notes.txt").read_text() == "mine"
+
+
+def test_bad_corpus_leaves_no_run_folder(tmp_path: Path) -> None:
+    with pytest.raises(CharlmError, match="corpus not found"):
+        train(tiny_config(tmp_path / "missing.txt"), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_tiny_val_split_is_a_clear_error(tmp_path: Path) -> None:
+    corpus = tmp_path / "c.txt"
+    corpus.write_text("abcdefghij" * 100)
+    with pytest.raises(CharlmError, match="val split has"):
+        train(tiny_config(corpus, **{"data.val_fraction": 0.0005}), tmp_path / "run")
