@@ -35,7 +35,7 @@ from charlm.config import (
     read_yaml,
 )
 from charlm.errors import CharlmError
-from charlm.runs import RunInfo, is_run_dir, is_running, read_run, read_summary
+from charlm.runs import CHECKPOINT_DIR, RunInfo, is_run_dir, is_running, read_run, read_summary
 
 Event = dict[str, Any]
 Callback = Callable[[Event], None]
@@ -260,16 +260,20 @@ def _finished(run_dir: Path) -> bool:
     return read_summary(run_dir).get("status") == "finished"
 
 
+def _config_changes(run_dir: Path, config: Config, ignore: Sequence[str] = ()) -> list[str]:
+    """The dotted keys whose value in the run's config.yaml is not the one planned now."""
+    stored = read_run(run_dir).config
+    return [
+        f"{section}.{key}"
+        for section, body in config_to_dict(config).items()
+        for key, value in body.items()
+        if f"{section}.{key}" not in ignore and stored.get(section, {}).get(key) != value
+    ]
+
+
 def _check_same_config(run_dir: Path, config: Config) -> None:
     """A finished run only counts as done if it was trained with the config planned now."""
-    stored = read_run(run_dir).config
-    planned = config_to_dict(config)
-    changed = [
-        f"{section}.{key}"
-        for section, body in planned.items()
-        for key, value in body.items()
-        if stored.get(section, {}).get(key) != value
-    ]
+    changed = _config_changes(run_dir, config)
     if changed:
         raise CharlmError(
             f"{run_dir}: holds a finished run with a different config ({', '.join(changed)}); "
@@ -278,27 +282,49 @@ def _check_same_config(run_dir: Path, config: Config) -> None:
 
 
 def move_aside(run_dir: Path) -> Path:
-    """Rename an unfinished run folder to `<name>.interrupted-<n>` (or `.failed-<n>`)."""
-    failed = read_summary(run_dir).get("status") == "failed"
-    stem = f"{run_dir.name}.{'failed' if failed else 'interrupted'}"
+    """Rename a run folder to `<name>.<status>-<n>` (status: interrupted, failed, diverged)."""
+    status = _safe(str(read_summary(run_dir).get("status") or "interrupted"))
     n = 1
-    while (target := run_dir.with_name(f"{stem}-{n}")).exists():
+    while (target := run_dir.with_name(f"{run_dir.name}.{status}-{n}")).exists():
         n += 1
     try:
         os.rename(run_dir, target)
     except OSError as e:
-        raise CharlmError(
-            f"{run_dir}: cannot move the unfinished run aside ({e.strerror})"
-        ) from None
+        raise CharlmError(f"{run_dir}: cannot move the old run aside ({e.strerror})") from None
     return target
+
+
+def _resumable(planned: PlannedRun, run_dir: Path) -> bool:
+    """Interrupted (not failed), trained with the planned config, and with a checkpoint."""
+    from charlm import checkpoint as ckpt
+    from charlm.train import RESUME_KEYS
+
+    if read_summary(run_dir).get("status") not in (None, "interrupted"):
+        return False
+    if not is_run_dir(run_dir) or _config_changes(run_dir, planned.config, RESUME_KEYS):
+        return False
+    checkpoint, _ = ckpt.latest_intact(run_dir / CHECKPOINT_DIR)
+    return checkpoint is not None
 
 
 def continue_unfinished(planned: PlannedRun, run_dir: Path, emit: Callback) -> None:
     """Carry on with a run folder that holds no finished run.
 
-    Until `train` can resume from a checkpoint, this keeps the old folder (moved aside) and
-    trains the run again from the start; resuming will replace the two lines below with one call.
+    An interrupted run with a checkpoint is resumed from it, with the planned budget. Anything
+    else (a failed or diverged run, one cut before its first checkpoint, or one trained with
+    another config) is kept, moved aside, and the run is trained again from the start.
     """
+    from charlm.train import RESUME_KEYS, resume
+
+    if _resumable(planned, run_dir):
+        resolved = config_to_dict(planned.config)
+        budget = []
+        for key in RESUME_KEYS:
+            section, name = key.split(".", 1)
+            value = resolved[section][name]
+            budget.append(f"{key}={'null' if value is None else value}")
+        resume(run_dir, budget, on_event=emit)
+        return
     moved = move_aside(run_dir)
     emit({"event": "sweep_moved", "name": planned.name, "moved_to": str(moved)})
     _train(planned, run_dir, emit)

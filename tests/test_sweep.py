@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +16,7 @@ from charlm.cli import app
 from charlm.errors import CharlmError
 from charlm.runs import find_runs, is_running, read_summary
 from charlm.sweep import load_experiment, run_sweep
+from charlm.train import TrainingInterrupted
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -188,7 +191,7 @@ class Interrupt:
             raise KeyboardInterrupt
 
 
-def test_an_interrupted_sweep_skips_finished_runs_and_restarts_the_cut_one(
+def test_a_sweep_cut_before_a_checkpoint_skips_finished_runs_and_restarts_the_cut_one(
     tmp_path: Path, small_corpus: Path
 ) -> None:
     path = write_experiment(
@@ -216,6 +219,36 @@ def test_an_interrupted_sweep_skips_finished_runs_and_restarts_the_cut_one(
     assert (moved / "config.yaml").is_file() and (moved / "metrics.jsonl").is_file()
     assert [run.status for run in result.runs] == ["finished", "finished"]
     assert result.plot == out / "compare.png" and result.plot.is_file()
+
+
+def test_a_sweep_stopped_by_ctrl_c_resumes_the_cut_run_from_its_checkpoint(
+    tmp_path: Path, small_corpus: Path
+) -> None:
+    settings = tiny_set(small_corpus, **{"train.checkpoint_interval": 5})
+    path = write_experiment(tmp_path, {"set": settings, "grid": {"model.cell": ["lstm", "gru"]}})
+    out = tmp_path / "out"
+    current = ""
+
+    def press_ctrl_c(event: dict[str, Any]) -> None:
+        nonlocal current
+        current = event.get("name", current) if event["event"] == "sweep_run" else current
+        if event["event"] == "log" and current == "cell=gru" and event["step"] == 5:
+            os.kill(os.getpid(), signal.SIGINT)  # the trainer saves a checkpoint and stops
+
+    with pytest.raises(TrainingInterrupted):
+        run_sweep(load_experiment(path), out, on_event=press_ctrl_c)
+    assert read_summary(out / "cell=gru")["status"] == "interrupted"
+
+    events: list[dict[str, Any]] = []
+    result = run_sweep(load_experiment(path), out, on_event=events.append)
+    assert [e["action"] for e in events if e["event"] == "sweep_run"] == ["skip", "continue"]
+    assert [e["step"] for e in events if e["event"] == "resume"] == [5]
+    assert not any(e["event"] == "sweep_moved" for e in events)
+    assert not list(out.glob("cell=gru.*"))  # resumed in place, nothing moved aside
+    assert [run.status for run in result.runs] == ["finished", "finished"]
+    assert read_summary(out / "cell=gru")["steps"] == 10
+    steps = [row["step"] for row in result.runs[1].metrics]
+    assert steps == sorted(set(steps)) and steps[-1] == 10  # one clean log, no repeats
 
 
 def test_a_finished_run_trained_with_another_config_is_not_taken_as_done(
