@@ -10,7 +10,8 @@ An experiment file has these top-level keys (only `grid` or `runs` is required):
 
 `runs` and `grid` multiply: each entry of `runs` is combined with each point of the grid. Command
 line overrides apply to every run last. Every run is named by the values of the swept keys
-(`cell=gru,hidden_size=128`), so re-running the same sweep finds its finished runs and skips them.
+(`cell=gru,hidden_size=128`), so re-running the same sweep finds its runs: finished ones are
+skipped, interrupted ones resumed from their last checkpoint.
 """
 
 from __future__ import annotations
