@@ -191,9 +191,13 @@ def gather_rows(t: torch.Tensor, info: Dist, dim: int) -> torch.Tensor:
 
 
 def barrier(info: Dist) -> None:
-    """Wait for every process (rank 0 finishing its writes before the others exit)."""
+    """Wait for every process (rank 0 finishing its writes before the others exit).
+
+    A tiny all-reduce on a CPU tensor rather than `dist.barrier()`, so it always goes through
+    gloo and never needs a GPU (a CPU run on a GPU machine has not picked one).
+    """
     if info.enabled:
-        dist.barrier()
+        dist.all_reduce(torch.zeros(1))
 
 
 # -- the `charlm train --nproc N` launcher ---------------------------------------------------
