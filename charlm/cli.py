@@ -103,12 +103,20 @@ def train(
         help="Continue this run folder from its newest intact checkpoint, with its recorded "
         "config (only train.max_steps, train.max_time and train.device may be overridden).",
     ),
+    nproc: int | None = typer.Option(
+        None,
+        "--nproc",
+        help="Data-parallel training in N processes on this machine (launches torchrun; "
+        "train.batch_size is the global batch). See docs/distributed.md.",
+        show_default=False,
+    ),
 ) -> None:
     """Train a model; the run folder gets config.yaml, metrics.jsonl and checkpoints/.
 
     Ctrl-C or SIGTERM finishes the current step, saves a checkpoint and prints the command that
     resumes it (exit code 130 or 143).
     """
+    from charlm import distributed
     from charlm.config import load_config
     from charlm.runs import default_run_dir
     from charlm.train import TrainingInterrupted
@@ -125,7 +133,19 @@ def train(
         raise CharlmError(
             f"--resume {resume}: a resumed run continues in its own folder; drop --out"
         )
-    show = ProgressView(plain=quiet or not err.is_terminal)
+    if nproc is not None and nproc != 1:
+        if distributed.launched_by_torchrun():
+            raise CharlmError("--nproc: already running under torchrun; drop --nproc")
+        if resume is None and out is None:
+            out = default_run_dir(config_path)  # one folder name for every process
+        forwarded = [*(args or [])]
+        forwarded += ["--out", str(out)] if out is not None else []
+        forwarded += ["--resume", str(resume)] if resume is not None else []
+        forwarded += ["--quiet"] if quiet else []
+        raise typer.Exit(distributed.launch(nproc, forwarded))
+    # Under torchrun, the processes other than rank 0 train silently; rank 0 reports.
+    follower = distributed.is_follower()
+    show = ProgressView(plain=quiet or follower or not err.is_terminal)
     try:
         if resume is not None:
             with show:
@@ -136,11 +156,20 @@ def train(
             with show:
                 result = run_training(config, run_dir, on_event=show.handle)
     except TrainingInterrupted as stop:
-        err.print(f"{stop}", markup=False, soft_wrap=True)
-        err.print(f"resume with: {stop.resume_command}", markup=False, soft_wrap=True)
+        _finish_report()
+        if not follower:
+            err.print(f"{stop}", markup=False, soft_wrap=True)
+            err.print(f"resume with: {stop.resume_command}", markup=False, soft_wrap=True)
         raise typer.Exit(stop.exit_code) from None
+    except distributed.PeerFailed:
+        raise typer.Exit(1) from None  # another process printed the error
+    except CharlmError:
+        _finish_report()
+        raise
     except KeyboardInterrupt:
         raise fail("interrupted before training started; nothing was saved", 130) from None
+    if follower:
+        return
     table = Table(title="charlm train", show_header=False, title_justify="left")
     table.add_row("run folder", str(result.run_dir))
     table.add_row("steps", f"{result.steps:,}")
@@ -151,6 +180,18 @@ def train(
     table.add_row("best val bpc", f"{result.best_val_bpc:.4f} at step {result.best_step:,}")
     table.add_row("next", f"charlm sample {result.run_dir}")
     err.print(table)
+
+
+def _finish_report() -> None:
+    """Under torchrun, let this process print its last lines before it is stopped.
+
+    torchrun sends SIGTERM to the remaining processes as soon as one exits with an error.
+    """
+    import os
+    import signal
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 class ProgressView:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -44,18 +45,30 @@ class EvalResult:
 
 @torch.no_grad()
 def evaluate_ids(
-    model: CharLM, ids: np.ndarray, streams: int = 20, chunk_len: int = EVAL_CHUNK
+    model: CharLM,
+    ids: np.ndarray,
+    streams: int = 20,
+    chunk_len: int = EVAL_CHUNK,
+    rows: Callable[[int], slice] | None = None,
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> EvalResult:
-    """Mean next-character loss over every character of `ids` after the first."""
+    """Mean next-character loss over every character of `ids` after the first.
+
+    For data-parallel evals, `rows(n_segments)` picks this process's segments and `reduce`
+    adds up the float64 loss sums of all processes.
+    """
     start = time.perf_counter()
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     x, y, count = eval_segments(ids, streams)
+    n_streams = x.shape[0]
+    if rows is not None:
+        x, y = x[rows(n_streams)], y[rows(n_streams)]
     x, y = x.to(device), y.to(device)
     state = model.init_state(x.shape[0], device)
     total = torch.zeros((), dtype=torch.float64, device=device)
-    for t in range(0, x.shape[1], chunk_len):
+    for t in range(0, x.shape[1] if x.shape[0] else 0, chunk_len):
         logits, state = model(x[:, t : t + chunk_len], state)
         total += F.cross_entropy(
             logits.reshape(-1, logits.shape[-1]).float(),
@@ -64,13 +77,15 @@ def evaluate_ids(
             reduction="sum",
         ).double()
     model.train(was_training)
+    if reduce is not None:
+        total = reduce(total)
     loss = float(total) / count
     return EvalResult(
         loss=loss,
         bpc=loss / math.log(2),
         perplexity=math.exp(min(loss, 700.0)),
         chars=count,
-        streams=x.shape[0],
+        streams=n_streams,
         seconds=time.perf_counter() - start,
     )
 

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from charlm import checkpoint as ckpt
-from charlm import tblog
+from charlm import distributed, tblog
 from charlm.batches import Splits, StreamBatcher, split_ids
 from charlm.config import (
     BUILTIN_CORPUS,
@@ -35,6 +35,7 @@ from charlm.config import (
     dump_yaml,
 )
 from charlm.corpus import load_corpus
+from charlm.distributed import Dist
 from charlm.errors import CharlmError
 from charlm.evaluate import EvalResult, evaluate_ids
 from charlm.model import CharLM, State, detach_state, resolve_device
@@ -193,24 +194,42 @@ def _restore_rng(record: dict[str, Any], tensors: dict[str, torch.Tensor]) -> No
 
 
 class Trainer:
-    """One training run. Kept as a class only so its state can be saved from one place."""
+    """One training run. Kept as a class only so its state can be saved from one place.
 
-    def __init__(self, config: Config, run_dir: Path, on_event: Callback | None = None) -> None:
+    Under torchrun (`info.enabled`) every process builds the same model and reads the same global
+    batches, trains on its own rows of them through DistributedDataParallel, and only rank 0
+    writes files and reports events.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        run_dir: Path,
+        on_event: Callback | None = None,
+        info: Dist | None = None,
+    ) -> None:
         self.config = config
         self.run_dir = run_dir
-        self.emit: Callback = on_event or (lambda event: None)
-        self.device = resolve_device(config.train.device)
+        self.dist = info or Dist()
+        self.emit: Callback = (on_event if self.dist.is_main else None) or (lambda event: None)
+        self.device = distributed.place(resolve_device(config.train.device), self.dist)
         t = config.train
+        self.local_batch = self.dist.local_batch(t.batch_size)
         random.seed(t.seed)
         np.random.seed(t.seed % 2**32)
         torch.manual_seed(t.seed)
         self.data = prepare_data(config)
         self.batcher = StreamBatcher(self.data.splits.train, t.batch_size, t.seq_len, seed=t.seed)
         self.model = CharLM(config.model, len(self.data.vocab)).to(self.device)
+        # The module that trains: DDP averages gradients across processes in backward. Weights,
+        # evals and checkpoints use the plain model, so a checkpoint has the same keys either way.
+        self.net: torch.nn.Module = self.model
+        if self.dist.enabled:
+            self._seed_dropout(0)
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=t.lr, betas=ADAM_BETAS, weight_decay=t.weight_decay
         )
-        self.state: State = self.model.init_state(t.batch_size, self.device)
+        self.state: State = self.model.init_state(self.local_batch, self.device)
         self.step = 0
         self.elapsed = 0.0
         self.best_val_loss = math.inf
@@ -222,15 +241,31 @@ class Trainer:
         self.window_steps = 0
         self.last_checkpoint: Path | None = None
         self.stop_signal: int | None = None
+        # Under torchrun: the signal and rank 0's clock as all processes agreed on them.
+        self.agreed_signal: int | None = None
+        self.agreed_elapsed = 0.0
+        self.clock_start = time.perf_counter()
+
+    def _seed_dropout(self, step: int) -> None:
+        """Give every process other than rank 0 its own dropout stream (seed + rank)."""
+        if self.dist.rank > 0:
+            t = self.config.train
+            torch.manual_seed(t.seed + self.dist.rank + step * self.dist.world_size)
 
     # -- state: the one save/load pair (everything a resume needs) ------------------------------
     def state_dict(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        """Tensors and JSON record of the whole training state at the end of `self.step`."""
+        """Tensors and JSON record of the whole training state at the end of `self.step`.
+
+        Under torchrun every process must call it (it gathers the carried state of all rows and
+        averages the loss window), so the record is the global one a single process would save.
+        """
+        state = [distributed.gather_rows(s, self.dist, dim=1) for s in self.state]
+        window_loss = distributed.mean_all(self.window_loss, self.dist)
         opt_tensors, opt_record = ckpt.pack_optimizer(self.optimizer.state_dict())
         tensors: dict[str, torch.Tensor] = {}
         tensors.update({f"model/{k}": v for k, v in self.model.state_dict().items()})
         tensors.update({f"optim/{k}": v for k, v in opt_tensors.items()})
-        tensors.update({f"state/{i}": s for i, s in enumerate(self.state)})
+        tensors.update({f"state/{i}": s for i, s in enumerate(state)})
         tensors.update({f"rng/{k}": v for k, v in _rng_tensors().items()})
         record = {
             "config": config_to_dict(self.config),
@@ -238,7 +273,7 @@ class Trainer:
             "step": self.step,
             "elapsed_s": self.elapsed,
             "batcher": self.batcher.state_dict(),
-            "window": {"loss_sum": float(self.window_loss), "steps": self.window_steps},
+            "window": {"loss_sum": float(window_loss), "steps": self.window_steps},
             "best_val_loss": None if math.isinf(self.best_val_loss) else self.best_val_loss,
             "best_step": self.best_step,
             "last_val": None if self.last_val is None else self.last_val.to_dict(),
@@ -265,7 +300,12 @@ class Trainer:
                 ckpt.unpack_optimizer(checkpoint.group("optim"), record["optimizer"])
             )
             saved_state = checkpoint.group("state")
-            self.state = tuple(saved_state[str(i)].to(self.device) for i in range(len(saved_state)))
+            rows = self.dist.shard(self.config.train.batch_size)
+            self.state = tuple(
+                saved_state[str(i)][:, rows].to(self.device) for i in range(len(saved_state))
+            )
+            if any(s.shape[1] != self.local_batch for s in self.state):
+                raise ValueError("the saved hidden state does not match train.batch_size")
             self.batcher.load_state_dict(record["batcher"])
             window = record.get("window", {"loss_sum": 0.0, "steps": 0})
             self.window_loss = torch.tensor(window["loss_sum"], device=self.device)
@@ -279,14 +319,17 @@ class Trainer:
                 fields = ("loss", "bpc", "perplexity", "chars", "streams", "seconds")
                 self.last_val = EvalResult(**{k: record["last_val"][k] for k in fields})
             _restore_rng(record["rng"], checkpoint.group("rng"))
+            self._seed_dropout(self.step)
         except (KeyError, ValueError, TypeError, RuntimeError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise CharlmError(f"{where}: cannot restore training state from it ({first})") from None
         self.last_checkpoint = where
 
     def save(self, path: Path) -> None:
+        """Write a checkpoint (rank 0 writes; every process takes part in gathering it)."""
         tensors, record = self.state_dict()
-        ckpt.save_checkpoint(path, tensors, record)
+        if self.dist.is_main:
+            ckpt.save_checkpoint(path, tensors, record)
         self.emit({"event": "checkpoint", "path": str(path), "step": self.step})
 
     def save_step(self) -> Path:
@@ -294,7 +337,8 @@ class Trainer:
         path = self.run_dir / CHECKPOINT_DIR / ckpt.step_name(self.step)
         self.save(path)
         self.last_checkpoint = path
-        ckpt.prune(path.parent, self.config.train.keep_last)
+        if self.dist.is_main:
+            ckpt.prune(path.parent, self.config.train.keep_last)
         return path
 
     # -- stop signals ------------------------------------------------------------------------
@@ -325,7 +369,7 @@ class Trainer:
     # -- one step ----------------------------------------------------------------------------
     def compute_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Forward one batch with the carried state; the mean next-character loss."""
-        logits, state = self.model(x, self.state)
+        logits, state = self.net(x, self.state)
         self.state = detach_state(state)
         return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
 
@@ -338,10 +382,27 @@ class Trainer:
         norm = torch.nn.utils.clip_grad_norm_(
             self.model.parameters(), clip if clip > 0 else math.inf
         )
-        if not bool(torch.isfinite(loss.detach()) & torch.isfinite(norm)):
+        finite = bool(torch.isfinite(loss.detach()) & torch.isfinite(norm))
+        if self.dist.enabled:
+            finite = self._agree(finite)
+        if not finite:
             self._diverged(float(loss.detach()), float(norm))
         self.optimizer.step()
         return loss.detach()
+
+    def _agree(self, finite: bool) -> bool:
+        """One collective per step: rank 0's clock, any stop signal, any non-finite loss.
+
+        Every process then takes the same decisions (time budget, time-based learning rate,
+        stopping, divergence), so none is left waiting in a collective the others skipped.
+        """
+        elapsed = time.perf_counter() - self.clock_start if self.dist.is_main else 0.0
+        signum = float(self.stop_signal or 0)
+        now, sig, bad = distributed.agree_max([elapsed, signum, 0.0 if finite else 1.0], self.dist)
+        self.agreed_elapsed = now
+        if sig and self.agreed_signal is None:
+            self.agreed_signal = int(sig)
+        return not bad
 
     def _diverged(self, loss: float, norm: float) -> None:
         step = self.step + 1
@@ -351,21 +412,24 @@ class Trainer:
             if last is not None
             else "no checkpoint had been saved yet"
         )
-        write_json(
-            self.run_dir / SUMMARY_NAME,
-            {
-                "status": "diverged",
-                "step": step,
-                "last_checkpoint": None if last is None else str(last),
-            },
-        )
-        raise TrainingDiverged(
+        if self.dist.is_main:
+            write_json(
+                self.run_dir / SUMMARY_NAME,
+                {
+                    "status": "diverged",
+                    "step": step,
+                    "last_checkpoint": None if last is None else str(last),
+                },
+            )
+        distributed.barrier(self.dist)
+        message = (
             f"training diverged at step {step}: loss {loss:.4g}, gradient norm {norm:.4g} "
             f"(not finite); the step was not applied; {where}. Try a lower train.lr or a "
-            f"train.grad_clip > 0 in a new run",
-            step,
-            last,
+            f"train.grad_clip > 0 in a new run"
         )
+        if not self.dist.is_main:
+            raise distributed.PeerFailed(message)
+        raise TrainingDiverged(message, step, last)
 
     # -- evaluation --------------------------------------------------------------------------
     def evaluate(self, full: bool) -> EvalResult:
@@ -373,11 +437,28 @@ class Trainer:
         val = self.data.splits.val
         if not full and t.eval_chars is not None:
             val = val[: t.eval_chars]
-        return evaluate_ids(self.model, val, t.eval_streams)
+        if not self.dist.enabled:
+            return evaluate_ids(self.model, val, t.eval_streams)
+        # Each process scores its share of the segments; the float64 sums are added up, so the
+        # score is that of a single-process eval (up to float rounding).
+        return evaluate_ids(
+            self.model,
+            val,
+            t.eval_streams,
+            rows=self.dist.rows,
+            reduce=lambda total: distributed.sum_all(total, self.dist),
+        )
 
     # -- the loop ----------------------------------------------------------------------------
     def run(self) -> TrainResult:
         """Train to the budget; SIGINT/SIGTERM stop it cleanly after a checkpoint."""
+        if self.dist.enabled and self.net is self.model:
+            # Wrapped here, not in __init__: DDP's first collective must come after every
+            # process has built (and maybe restored) its model without error.
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.net = DistributedDataParallel(self.model, device_ids=ids)
         with self.stop_signals():
             return self._run()
 
@@ -403,6 +484,7 @@ class Trainer:
         self.model.train()
         window_time = 0.0
         start = time.perf_counter() - self.elapsed
+        self.clock_start = start
         while True:
             step_start = time.perf_counter()
             lr = lr_at(self.config, self.step, self.elapsed)
@@ -410,20 +492,24 @@ class Trainer:
                 group["lr"] = lr
             x, y, fresh = self.batcher.next()
             if fresh:
-                self.state = self.model.init_state(t.batch_size, self.device)
+                self.state = self.model.init_state(self.local_batch, self.device)
+            if self.dist.enabled:
+                rows = self.dist.shard(t.batch_size)
+                x, y = x[rows], y[rows]
             x = x.to(self.device, non_blocking=True)
             y = y.to(self.device, non_blocking=True)
             self.window_loss += self.train_step(x, y)
             self.step += 1
             self.window_steps += 1
             window_time += time.perf_counter() - step_start
-            self.elapsed = time.perf_counter() - start
+            self.elapsed = self.agreed_elapsed if self.dist.enabled else time.perf_counter() - start
             done = (t.max_steps is not None and self.step >= t.max_steps) or (
                 t.max_time is not None and self.elapsed >= t.max_time
             )
             row: dict[str, Any] = {}
             if self.step % t.log_interval == 0 or done:
-                train_loss = float(self.window_loss) / self.window_steps
+                window_loss = distributed.mean_all(self.window_loss, self.dist)
+                train_loss = float(window_loss) / self.window_steps
                 row = {
                     "step": self.step,
                     "elapsed_s": round(self.elapsed, 3),
@@ -445,32 +531,35 @@ class Trainer:
                 if result.loss < self.best_val_loss:
                     self.best_val_loss, self.best_step = result.loss, self.step
                     self.save(ckpt_dir / ckpt.BEST_NAME)
-            if row:
+            if row and self.dist.is_main:
                 metrics.write(row)
                 self.emit({"event": "log", **row})
-            stopping = self.stop_signal is not None and not done
+            signum = self.agreed_signal if self.dist.enabled else self.stop_signal
+            stopping = signum is not None and not done
             if self.step % t.checkpoint_interval == 0 or done or stopping:
                 self.save_step()
             if done:
                 break
-            if stopping:
-                self._interrupted()
+            if signum is not None and stopping:
+                self._interrupted(signum)
         assert self.last_checkpoint is not None
         return self._finish(self.last_checkpoint)
 
-    def _interrupted(self) -> None:
-        assert self.stop_signal is not None and self.last_checkpoint is not None
-        stop = TrainingInterrupted(self.stop_signal, self.step, self.last_checkpoint, self.run_dir)
-        write_json(
-            self.run_dir / SUMMARY_NAME,
-            {
-                "status": "interrupted",
-                "signal": stop.signal_name,
-                "steps": self.step,
-                "last_checkpoint": str(self.last_checkpoint),
-                "resume": stop.resume_command,
-            },
-        )
+    def _interrupted(self, signum: int) -> None:
+        assert self.last_checkpoint is not None
+        stop = TrainingInterrupted(signum, self.step, self.last_checkpoint, self.run_dir)
+        if self.dist.is_main:
+            write_json(
+                self.run_dir / SUMMARY_NAME,
+                {
+                    "status": "interrupted",
+                    "signal": stop.signal_name,
+                    "steps": self.step,
+                    "last_checkpoint": str(self.last_checkpoint),
+                    "resume": stop.resume_command,
+                },
+            )
+        distributed.barrier(self.dist)  # the others exit only after rank 0 has written
         self.emit({"event": "interrupted", "signal": stop.signal_name, "step": self.step})
         raise stop
 
@@ -502,21 +591,35 @@ class Trainer:
             "last_checkpoint": str(last_path.relative_to(self.run_dir)),
             "best_checkpoint": str(result.best_checkpoint.relative_to(self.run_dir)),
         }
-        write_json(self.run_dir / SUMMARY_NAME, summary)
+        if self.dist.is_main:
+            write_json(self.run_dir / SUMMARY_NAME, summary)
+        distributed.barrier(self.dist)
         self.emit({"event": "end", **summary})
         return result
 
 
 def train(config: Config, run_dir: str | Path, on_event: Callback | None = None) -> TrainResult:
-    """Train a model as `config` says, writing everything into the new folder `run_dir`."""
+    """Train a model as `config` says, writing everything into the new folder `run_dir`.
+
+    Under torchrun every process calls it with the same arguments: rank 0 alone checks and
+    prepares the folder, and an error on any process stops them all (see `distributed.together`).
+    """
     run_dir = Path(run_dir)
     if config.train.tensorboard:
         tblog.summary_writer_class()  # a missing extra stops here, before any work or writes
-    check_run_dir(run_dir)  # before the (slow) data load, and before anything is written
-    trainer = Trainer(config, run_dir, on_event)
-    prepare_run_dir(run_dir)
-    (run_dir / CONFIG_NAME).write_text(dump_yaml(config), encoding="utf-8")
-    return run_recorded(trainer)
+    with distributed.process_group() as info:
+        main = info.is_main
+
+        def prepare() -> None:
+            if main:
+                prepare_run_dir(run_dir)
+                (run_dir / CONFIG_NAME).write_text(dump_yaml(config), encoding="utf-8")
+
+        # The folder is checked before the (slow) data load, and before anything is written.
+        distributed.together(info, lambda: check_run_dir(run_dir) if main else None)
+        trainer = distributed.together(info, lambda: Trainer(config, run_dir, on_event, info))
+        distributed.together(info, prepare)
+        return run_recorded(trainer)
 
 
 def run_recorded(trainer: Trainer) -> TrainResult:
@@ -524,6 +627,8 @@ def run_recorded(trainer: Trainer) -> TrainResult:
     asked, a `failed` summary.json when an error stops it (unless the trainer wrote its own, as
     for interrupted or diverged runs), curves.png when it finishes, and RUN/.running locked
     meanwhile so `charlm runs` can tell a run in progress from an interrupted one."""
+    if not trainer.dist.is_main:  # under torchrun, rank 0 alone writes files
+        return trainer.run()
     tensorboard = None
     if trainer.config.train.tensorboard:
         tensorboard = tblog.TensorBoardLogger(
@@ -578,17 +683,62 @@ def resume(
     bounded only by `max_time` schedules its learning rate by elapsed time, which is not.
     """
     run_dir = Path(run_dir)
-    emit: Callback = on_event or (lambda event: None)
-    check_resume_dir(run_dir)
+    with distributed.process_group() as info:
+        return _resume(run_dir, overrides, on_event, info)
+
+
+def _resume(
+    run_dir: Path, overrides: Sequence[str], on_event: Callback | None, info: Dist
+) -> TrainResult:
+    """`resume` inside the process group: rank 0 picks the checkpoint, every process loads it."""
+    emit: Callback = (on_event if info.is_main else None) or (lambda event: None)
     ckpt_dir = run_dir / CHECKPOINT_DIR
-    checkpoint, skipped = ckpt.latest_intact(ckpt_dir)
-    for path, problem in skipped:
-        emit({"event": "warning", "message": f"skipping {path.name}: {problem}"})
-    if checkpoint is None:
-        raise CharlmError(
-            f"{run_dir}: no complete checkpoint to resume from (none was written, or all are "
-            f"damaged); start again with a new --out folder"
-        )
+    found: list[ckpt.Checkpoint] = []
+
+    def pick() -> int:
+        if not info.is_main:
+            return 0
+        check_resume_dir(run_dir)
+        checkpoint, skipped = ckpt.latest_intact(ckpt_dir)
+        for path, problem in skipped:
+            emit({"event": "warning", "message": f"skipping {path.name}: {problem}"})
+        if checkpoint is None:
+            raise CharlmError(
+                f"{run_dir}: no complete checkpoint to resume from (none was written, or all "
+                f"are damaged); start again with a new --out folder"
+            )
+        found.append(checkpoint)
+        return checkpoint.step
+
+    step = distributed.broadcast_int(distributed.together(info, pick), info)
+
+    def load() -> tuple[Trainer, ckpt.Checkpoint]:
+        checkpoint = found[0] if found else ckpt.load_checkpoint(ckpt_dir / ckpt.step_name(step))
+        return _restore(run_dir, checkpoint, overrides, on_event, info), checkpoint
+
+    trainer, checkpoint = distributed.together(info, load)
+
+    def tidy() -> None:
+        if info.is_main:
+            ckpt.remove_temp_files(ckpt_dir)
+            rollback_metrics(run_dir, step)
+            (run_dir / SUMMARY_NAME).unlink(missing_ok=True)
+            (run_dir / CONFIG_NAME).write_text(dump_yaml(trainer.config), encoding="utf-8")
+
+    distributed.together(info, tidy)
+    emit({"event": "resume", "path": str(checkpoint.path), "step": step})
+    return run_recorded(trainer)
+
+
+def _restore(
+    run_dir: Path,
+    checkpoint: ckpt.Checkpoint,
+    overrides: Sequence[str],
+    on_event: Callback | None,
+    info: Dist,
+) -> Trainer:
+    """A trainer holding `checkpoint`'s state, after checking the budgets leave work to do."""
+    ckpt_dir = run_dir / CHECKPOINT_DIR
     config = resume_config(checkpoint, overrides)
     if config.train.tensorboard:
         tblog.summary_writer_class()  # a missing extra stops here, before any work or writes
@@ -604,15 +754,10 @@ def resume(
             f"{checkpoint.path}: already trained {elapsed:.1f} s, which train.max_time="
             f"{t.max_time:g} does not exceed; pass a larger train.max_time=SECONDS"
         )
-    trainer = Trainer(config, run_dir, on_event)
+    trainer = Trainer(config, run_dir, on_event, info)
     trainer.load_state(checkpoint)
     _adopt_newer_best(trainer, ckpt_dir / ckpt.BEST_NAME)
-    ckpt.remove_temp_files(ckpt_dir)
-    rollback_metrics(run_dir, step)
-    (run_dir / SUMMARY_NAME).unlink(missing_ok=True)
-    (run_dir / CONFIG_NAME).write_text(dump_yaml(config), encoding="utf-8")
-    emit({"event": "resume", "path": str(checkpoint.path), "step": step})
-    return run_recorded(trainer)
+    return trainer
 
 
 def _adopt_newer_best(trainer: Trainer, best_path: Path) -> None:
