@@ -120,8 +120,35 @@ class Scan:
     sha256: str
 
 
-def _codes(piece: str) -> np.ndarray:
-    return np.frombuffer(piece.encode("utf-32-le", "surrogatepass"), dtype=np.uint32)
+def _utf8(piece: bytes | str) -> np.ndarray:
+    """The piece's UTF-8 bytes (for the digest and the counts) as a uint8 array."""
+    raw = piece if isinstance(piece, bytes) else piece.encode("utf-8", "surrogatepass")
+    return np.frombuffer(raw, dtype=np.uint8)
+
+
+def _multibyte_codes(utf8: np.ndarray) -> np.ndarray:
+    """Code points of the characters of valid UTF-8 that take 2-4 bytes, in text order.
+
+    Vectorised over the lead bytes only, so mostly-ASCII text costs one comparison per byte.
+    """
+    lead = np.flatnonzero(utf8 >= 0xC0)
+    first = utf8[lead].astype(np.uint32)
+    length = 2 + (first >= 0xE0) + (first >= 0xF0)
+    codes = first & np.where(length == 2, 0x1F, np.where(length == 3, 0x0F, 0x07)).astype(np.uint32)
+    for k in (1, 2, 3):
+        more = length > k
+        codes[more] = (codes[more] << 6) | (utf8[lead[more] + k] & 0x3F)
+    return codes
+
+
+def _byte_counts(utf8: np.ndarray) -> np.ndarray:
+    """Occurrences of each byte value; counted in pairs (as uint16) for twice bincount's speed."""
+    even = len(utf8) // 2 * 2
+    pairs = np.bincount(utf8[:even].view(np.uint16), minlength=65536).reshape(256, 256)
+    counts = pairs.sum(axis=0) + pairs.sum(axis=1)
+    if even < len(utf8):
+        counts[utf8[-1]] += 1
+    return counts
 
 
 def scan(source: CorpusSource, chunk_bytes: int = CHUNK_BYTES) -> Scan:
@@ -130,15 +157,14 @@ def scan(source: CorpusSource, chunk_bytes: int = CHUNK_BYTES) -> Scan:
     sha = hashlib.sha256()
     chars = 0
     for piece in source.pieces(chunk_bytes):
-        if isinstance(piece, bytes):  # pure ASCII: the bytes are the code points and the UTF-8
-            codes = np.frombuffer(piece, dtype=np.uint8)
-            sha.update(piece)
-        else:
-            codes = _codes(piece)
-            sha.update(piece.encode("utf-8", "surrogatepass"))
-        found = np.bincount(codes)
-        counts[: len(found)] += found
-        chars += len(codes)
+        utf8 = _utf8(piece)
+        sha.update(utf8)
+        per_byte = _byte_counts(utf8)
+        counts[:128] += per_byte[:128]  # ASCII characters are single bytes
+        chars += len(utf8) - int(per_byte[0x80:0xC0].sum())  # continuation bytes are no chars
+        if per_byte[0xC0:].any():
+            found = np.bincount(_multibyte_codes(utf8))
+            counts[: len(found)] += found
     return Scan(counts=counts, chars=chars, sha256=sha.hexdigest())
 
 
@@ -171,10 +197,20 @@ def lookup_table(vocab: Vocab) -> np.ndarray:
 
 def _write_ids(out: BinaryIO, source: CorpusSource, vocab: Vocab, chunk_bytes: int) -> int:
     table = lookup_table(vocab)
+    # Bytes -> ids for ASCII (lead bytes get a placeholder, overwritten below); with uint8 ids
+    # `bytes.translate` does it in one C loop.
+    by_byte = table[:256]
+    translate = by_byte.tobytes() if vocab.dtype == np.uint8 else None
     written = 0
     for piece in source.pieces(chunk_bytes):
-        codes = np.frombuffer(piece, np.uint8) if isinstance(piece, bytes) else _codes(piece)
-        ids = table[codes]
+        utf8 = _utf8(piece)
+        firsts = utf8 if isinstance(piece, bytes) else utf8[(utf8 & 0xC0) != 0x80]
+        if translate is not None:
+            ids = np.frombuffer(bytearray(firsts.tobytes().translate(translate)), np.uint8)
+        else:
+            ids = np.take(by_byte, firsts)
+        if not isinstance(piece, bytes):
+            ids[np.flatnonzero(firsts >= 0xC0)] = table[_multibyte_codes(utf8)]
         out.write(memoryview(ids).cast("B"))
         written += len(ids)
     return written
