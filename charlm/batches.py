@@ -97,6 +97,71 @@ class StreamBatcher:
         self.position = StreamPosition(int(state["epoch"]), int(state["index"]))
 
 
+class RandomBatcher:
+    """(x, y) windows at seeded random places in the split, each read from a fresh state.
+
+    Draw number k always takes the same windows (its generator is seeded by (seed, k)), so the
+    position, kept as epoch and index like `StreamBatcher`'s, is all a checkpoint needs.
+    """
+
+    def __init__(self, ids: np.ndarray, batch_size: int, seq_len: int, seed: int = 0) -> None:
+        check_train_size(len(ids), batch_size, seq_len, "random")
+        self.ids = ids
+        self.batch_size = batch_size
+        self.seq_len = seq_len
+        self.seed = seed
+        # An "epoch" is as many windows as cover the split once, for the metrics' epoch column.
+        self.steps_per_epoch = max(1, (len(ids) - 1) // (batch_size * seq_len))
+        self.position = StreamPosition()
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        """The next batch as int64 tensors; always fresh (start each window from a zero state)."""
+        pos = self.position
+        if pos.index >= self.steps_per_epoch:
+            pos.epoch, pos.index = pos.epoch + 1, 0
+        draw = pos.epoch * self.steps_per_epoch + pos.index
+        rng = np.random.default_rng([self.seed, draw])
+        starts = rng.integers(0, len(self.ids) - self.seq_len, size=self.batch_size)
+        window = self.ids[starts[:, None] + np.arange(self.seq_len + 1)]
+        chunk = torch.from_numpy(window.astype(np.int64))
+        pos.index += 1
+        return chunk[:, :-1], chunk[:, 1:], True
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.position.epoch, "index": self.position.index}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.position = StreamPosition(int(state["epoch"]), int(state["index"]))
+
+
+def check_train_size(n_train: int, batch_size: int, seq_len: int, batching: str) -> None:
+    """Refuse a train split too short for one batch; callable before any ids exist."""
+    if batching == "random":
+        if n_train >= seq_len + 2:
+            return
+        raise CharlmError(
+            f"the train split has {n_train:,} characters, too few for random windows of "
+            f"train.seq_len={seq_len}; need at least {seq_len + 2:,} (lower train.seq_len, or "
+            f"use a larger corpus)"
+        )
+    if (((n_train - seq_len) // batch_size) - 1) // seq_len >= 1:  # as StreamBatcher counts
+        return
+    need = batch_size * (2 * seq_len + 1) + seq_len
+    raise CharlmError(
+        f"the train split has {n_train:,} characters, too few for batch_size={batch_size}"
+        f" x seq_len={seq_len}; need at least {need:,} (lower train.batch_size or "
+        f"train.seq_len, or use a larger corpus)"
+    )
+
+
+def make_batcher(
+    ids: np.ndarray, batching: str, batch_size: int, seq_len: int, seed: int = 0
+) -> StreamBatcher | RandomBatcher:
+    """The batcher `train.batching` names."""
+    kind = RandomBatcher if batching == "random" else StreamBatcher
+    return kind(ids, batch_size, seq_len, seed=seed)
+
+
 def eval_segments(ids: np.ndarray, streams: int) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Cut a split into `streams` contiguous segments of (input, target) pairs, side by side.
 

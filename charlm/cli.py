@@ -664,6 +664,89 @@ def _print_info(report: dict[str, Any]) -> None:
         err.print("[bold red]error:[/] no intact checkpoint found", markup=True)
 
 
+# -------------------------------------------------------------------------------------- data
+data_app = typer.Typer(
+    no_args_is_help=True,
+    help="Prepare corpora: encode them into the id cache training reads, fetch classic ones.",
+)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("prepare")
+@friendly
+def data_prepare(
+    args: list[str] = typer.Argument(
+        None,
+        metavar="[CORPUS] [KEY=VALUE]...",
+        help="A file, folder or glob (default: data.corpus, else the built-in corpus), then "
+        "dotted overrides such as data.min_char_count=5.",
+        show_default=False,
+    ),
+    config: Path | None = typer.Option(None, "--config", "-c", help="A YAML config to start from."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object to stdout."),
+) -> None:
+    """Encode a corpus into its id cache (or check the cache is current) and show statistics."""
+    from charlm.cache import prepare_corpus, split_sizes
+    from charlm.config import load_config
+
+    corpus, overrides = split_train_args(args or [])
+    if corpus is not None:
+        overrides = [f"data.corpus={corpus}", *overrides]
+    d = load_config(config, overrides).data
+    prepared = prepare_corpus(d)
+    n_train, n_val, n_test = split_sizes(prepared.chars, d.val_fraction, d.test_fraction)
+    ranked = sorted(zip(prepared.vocab.chars, prepared.counts, strict=True), key=lambda p: -p[1])
+    report = {
+        "corpus": prepared.source,
+        "files": len(prepared.files),
+        "chars": prepared.chars,
+        "vocab_size": len(prepared.vocab),
+        "dtype": prepared.ids.dtype.name,
+        "most_frequent": [[c, n] for c, n in ranked[:10]],
+        "least_frequent": [[c, n] for c, n in ranked[-10:][::-1]],
+        "splits": {"train": n_train, "val": n_val, "test": n_test},
+        "sha256": prepared.sha256,
+        "cache": str(prepared.cache_path),
+        "cache_status": prepared.status,
+    }
+    if as_json:
+        typer.echo(json.dumps(report))
+        return
+    table = Table(title=f"charlm data prepare: {prepared.source}", show_header=False)
+    table.title_justify = "left"
+    table.add_column("what")
+    table.add_column("value", overflow="fold")
+
+    def shown(pairs: list[list[Any]]) -> str:
+        return ", ".join(f"{c!r} {n:,}" for c, n in pairs)
+
+    table.add_row("files", f"{report['files']:,}")
+    table.add_row("characters", f"{prepared.chars:,}")
+    table.add_row("vocabulary", f"{len(prepared.vocab):,} symbols ({report['dtype']} ids)")
+    table.add_row("most frequent", shown(report["most_frequent"]))
+    table.add_row("least frequent", shown(report["least_frequent"]))
+    table.add_row("splits", f"train {n_train:,} | val {n_val:,} | test {n_test:,}")
+    table.add_row("sha256", prepared.sha256)
+    table.add_row("cache", f"{prepared.cache_path} ({prepared.status})")
+    Console(highlight=False).print(table)
+
+
+@data_app.command("fetch")
+@friendly
+def data_fetch(
+    name: str = typer.Argument(..., help="The corpus: tinyshakespeare."),
+    url: str | None = typer.Option(None, "--url", help="Download from here instead."),
+    dest: Path = typer.Option(Path("data"), "--dest", help="Folder to save it in."),
+    timeout: float = typer.Option(30.0, "--timeout", help="Network timeout in seconds."),
+) -> None:
+    """Download a classic corpus, verified by length and SHA-256 (a mismatch saves nothing)."""
+    from charlm.fetch import fetch
+
+    path, downloaded = fetch(name, dest, url, timeout)
+    what = "downloaded and verified" if downloaded else "already present and verified"
+    err.print(f"{path}: {what}", markup=False, soft_wrap=True)
+
+
 def main() -> None:
     """Run the app; a usage mistake (bad option value, unknown option) is one line and exit 1."""
     try:

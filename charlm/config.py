@@ -60,6 +60,22 @@ class DataConfig:
             "characters do not swamp the vocabulary (1: off)."
         ),
     )
+    separator: str = field(
+        default="",
+        metadata=_help(
+            "Text put between the files of a folder or glob corpus; escapes such as \\n and "
+            "\\t are understood (empty: the files are joined as they are)."
+        ),
+    )
+    cache_dir: str | None = field(
+        default=None,
+        metadata=_help(
+            "Folder for the cached id file of the encoded corpus. Empty: a `.charlm-cache` folder "
+            "beside the corpus file (inside a folder corpus); the user cache folder "
+            "($XDG_CACHE_HOME/charlm, else ~/.cache/charlm) for the built-in corpus, a glob, or "
+            "a place that cannot be written."
+        ),
+    )
 
 
 @dataclass(frozen=True)
@@ -111,6 +127,13 @@ class TrainConfig:
         default=False,
         metadata=_help(
             "Also log metrics to RUN/tensorboard/ (needs `pip install 'charlm[tensorboard]'`)."
+        ),
+    )
+    batching: Literal["stream", "random"] = field(
+        default="stream",
+        metadata=_help(
+            "`stream`: contiguous streams with the hidden state carried from batch to batch; "
+            "`random`: windows at seeded random places, each from a fresh state."
         ),
     )
 
@@ -246,6 +269,11 @@ def validate(config: Config) -> Config:
             f"data.encoding: {d.encoding!r} is not a known text encoding (e.g. utf-8, latin-1)"
         ) from None
     _check(d.min_char_count >= 1, "data.min_char_count", d.min_char_count, ">= 1 (1: off)")
+    if d.cache_dir is not None and "\0" in d.cache_dir:
+        raise CharlmError(f"data.cache_dir: {d.cache_dir!r} has a NUL character; expected a folder")
+    from charlm.corpus import separator_text  # corpus imports this module
+
+    separator_text(d)
     for name in ("embedding_dim", "hidden_size", "num_layers"):
         value = getattr(m, name)
         _check(value >= 1, f"model.{name}", value, "a positive whole number")

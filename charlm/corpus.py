@@ -11,8 +11,10 @@ import codecs
 import glob
 import hashlib
 import sysconfig
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from charlm.config import BUILTIN_CORPUS, DataConfig
 from charlm.errors import CharlmError
@@ -108,49 +110,181 @@ def normalise_newlines(text: str) -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
-def read_file(path: Path, encoding: str = "utf-8", errors: str = "strict") -> str:
-    """Decode one file; a byte-order mark is dropped, line endings are kept as they are."""
+# Decoding reads this many bytes at a time: big enough for NumPy to amortise its per-call cost,
+# small enough that memory stays flat whatever the corpus size.
+CHUNK_BYTES = 16 * 2**20
+# Codecs in which a pure-ASCII byte string decodes to the same characters, so an ASCII chunk can
+# skip decoding (utf-8-sig is left out: its decoder must see the file's first bytes).
+_ASCII_COMPATIBLE = {"utf-8", "ascii", "iso8859-1", "cp1252", "iso8859-15", "latin-1"}
+
+# A piece of corpus text: `bytes` when it is pure ASCII (its bytes are its characters), else `str`.
+Piece = bytes | str
+
+
+def separator_text(data: DataConfig) -> str:
+    """`data.separator` with escapes such as `\n` and `\t` turned into the characters."""
     try:
-        data = path.read_bytes()
+        # backslashreplace first, so characters beyond Latin-1 survive unicode_escape.
+        text = data.separator.encode("latin-1", "backslashreplace").decode("unicode_escape")
+    except UnicodeDecodeError as e:
+        raise CharlmError(
+            f"data.separator: {data.separator!r} has a bad escape ({e.reason}); expected text "
+            f"with escapes such as \\n or \\t"
+        ) from None
+    return normalise_newlines(text) if data.newline == "lf" else text
+
+
+def _open(path: Path) -> BinaryIO:
+    try:
+        return path.open("rb")
     except PermissionError:
         raise CharlmError(f"{path}: permission denied reading the corpus") from None
     except OSError as e:
         raise CharlmError(f"{path}: cannot read the corpus ({e.strerror})") from None
-    if b"\0" in data[:_SNIFF_BYTES] and _nul_means_binary(encoding):
-        raise CharlmError(
-            f"{path}: looks like a binary file (it has NUL bytes in its first "
-            f"{_SNIFF_BYTES:,} bytes); expected text (data.corpus), or set data.encoding if it "
-            f"is UTF-16 or UTF-32 text"
-        )
+
+
+def _read(f: BinaryIO, path: Path, size: int) -> bytes:
     try:
-        text = data.decode(encoding, errors)
-    except UnicodeDecodeError as e:
-        raise CharlmError(
-            f"{path}: invalid {encoding} at byte offset {e.start}; set data.encoding to the "
+        return f.read(size)
+    except OSError as e:
+        raise CharlmError(f"{path}: cannot read the corpus ({e.strerror})") from None
+
+
+def _decode_error(path: Path, encoding: str, e: UnicodeError, offset: int | None) -> CharlmError:
+    if isinstance(e, UnicodeDecodeError) and offset is not None:
+        return CharlmError(
+            f"{path}: invalid {encoding} at byte offset {offset}; set data.encoding to the "
             f"file's encoding, or data.errors=replace to substitute bad bytes"
-        ) from None
-    except UnicodeError as e:  # codecs such as idna raise it without an offset
-        raise CharlmError(f"{path}: cannot decode as {encoding} ({e}); set data.encoding") from None
-    return text.removeprefix("\ufeff")
+        )
+    return CharlmError(f"{path}: cannot decode as {encoding} ({e}); set data.encoding")
 
 
-def load_corpus(data: DataConfig) -> Corpus:
-    """Read the corpus that `data.corpus` names (the built-in one when it is empty)."""
+def iter_file(
+    path: Path,
+    encoding: str = "utf-8",
+    errors: str = "strict",
+    newline: str = "keep",
+    chunk_bytes: int = CHUNK_BYTES,
+) -> Iterator[Piece]:
+    """Decode one file in chunks: the same text `read_file` gives, never held whole.
+
+    An incremental decoder keeps a character split across chunks whole, and a `\r` at a chunk's
+    end waits for the next chunk, so `\r\n` becomes one `\n` under `newline="lf"`. Byte offsets
+    in errors count from the start of the file.
+    """
+    fast = codecs.lookup(encoding).name in _ASCII_COMPATIBLE
+    decoder = codecs.getincrementaldecoder(encoding)(errors)
+    lf = newline == "lf"
+    with _open(path) as f:
+        head = _read(f, path, _SNIFF_BYTES)
+        if b"\0" in head and _nul_means_binary(encoding):
+            raise CharlmError(
+                f"{path}: looks like a binary file (it has NUL bytes in its first "
+                f"{_SNIFF_BYTES:,} bytes); expected text (data.corpus), or set data.encoding if "
+                f"it is UTF-16 or UTF-32 text"
+            )
+        f.seek(0)
+        consumed = 0  # bytes handed to the decoder so far
+        at_start = True  # no character yielded yet: a BOM here is dropped
+        held_cr = False  # a `\r` held back from the previous chunk (newline="lf")
+        while True:
+            data = _read(f, path, chunk_bytes)
+            final = not data
+            piece: Piece
+            if fast and data.isascii() and not decoder.getstate()[0]:
+                piece = data
+            else:
+                pending = len(decoder.getstate()[0])
+                try:
+                    piece = decoder.decode(data, final)
+                except UnicodeError as e:
+                    start = getattr(e, "start", None)
+                    offset = None if start is None else consumed - pending + start
+                    raise _decode_error(path, encoding, e, offset) from None
+                if at_start and piece:
+                    piece = piece.removeprefix("\ufeff")
+            consumed += len(data)
+            if lf:
+                cr = b"\r" if isinstance(piece, bytes) else "\r"
+                if held_cr:
+                    piece = cr + piece
+                held_cr = not final and piece.endswith(cr)
+                if held_cr:
+                    piece = piece[:-1]
+                if cr in piece:
+                    piece = _lf(piece)
+            if piece:
+                at_start = False
+                yield piece
+            if final:
+                return
+
+
+def _lf(piece: Piece) -> Piece:
+    if isinstance(piece, bytes):
+        return piece.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+    return normalise_newlines(piece)
+
+
+def read_file(path: Path, encoding: str = "utf-8", errors: str = "strict") -> str:
+    """Decode one file; a byte-order mark is dropped, line endings are kept as they are."""
+    return "".join(_as_text(p) for p in iter_file(path, encoding, errors, "keep"))
+
+
+def _as_text(piece: Piece) -> str:
+    return piece.decode("ascii") if isinstance(piece, bytes) else piece
+
+
+@dataclass(frozen=True)
+class CorpusSource:
+    """Which files a corpus spec names and how to read them, before anything is read."""
+
+    spec: str
+    files: tuple[Path, ...]
+    encoding: str
+    errors: str
+    newline: str
+    separator: str
+
+    @property
+    def builtin(self) -> bool:
+        return self.spec == BUILTIN_CORPUS
+
+    def pieces(self, chunk_bytes: int = CHUNK_BYTES) -> Iterator[Piece]:
+        """The whole corpus text in pieces: file after file, with the separator between them."""
+        for i, path in enumerate(self.files):
+            if i and self.separator:
+                yield self.separator
+            yield from iter_file(path, self.encoding, self.errors, self.newline, chunk_bytes)
+
+    def empty_error(self) -> CharlmError:
+        return CharlmError(
+            f"{self.spec}: the corpus is empty (0 characters in {len(self.files)} file(s)); "
+            f"expected some text to train on"
+        )
+
+
+def corpus_source(data: DataConfig) -> CorpusSource:
+    """Resolve `data.corpus` (the built-in corpus when empty) into its files, reading nothing."""
     spec = data.corpus or BUILTIN_CORPUS
     if spec == BUILTIN_CORPUS:
         files = stdlib_files()
         if not files:
             raise CharlmError(f"{BUILTIN_CORPUS}: no standard-library sources found on this Python")
-        texts = [read_file(p, "utf-8", "replace") for p in files]
+        encoding, errors = "utf-8", "replace"
     else:
         files = resolve_files(spec, data.encoding)
-        texts = [read_file(p, data.encoding, data.errors) for p in files]
-    if data.newline == "lf":  # per file, so one file's last \r never joins the next one's \n
-        texts = [normalise_newlines(t) for t in texts]
-    text = "".join(texts)
+        encoding, errors = data.encoding, data.errors
+    return CorpusSource(spec, tuple(files), encoding, errors, data.newline, separator_text(data))
+
+
+def load_corpus(data: DataConfig) -> Corpus:
+    """Read the corpus that `data.corpus` names into memory (small corpora, `eval --corpus`).
+
+    Training goes through `charlm.cache.prepare_corpus` instead, which never holds the text.
+    """
+    source = corpus_source(data)
+    text = "".join(_as_text(p) for p in source.pieces())
     if not text:
-        raise CharlmError(
-            f"{spec}: the corpus is empty (0 characters in {len(files)} file(s)); "
-            f"expected some text to train on"
-        )
-    return Corpus(text=text, files=tuple(str(p) for p in files), source=spec)
+        raise source.empty_error()
+    return Corpus(text=text, files=tuple(str(p) for p in source.files), source=source.spec)

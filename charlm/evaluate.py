@@ -105,6 +105,7 @@ def evaluate_run(
     """
     from dataclasses import replace
 
+    from charlm.cache import prepare_corpus
     from charlm.checkpoint import load_model
     from charlm.corpus import load_corpus
 
@@ -122,14 +123,14 @@ def evaluate_run(
         return evaluate_ids(loaded.model, ids, n_streams)
     record = loaded.checkpoint.record.get("corpus", {})
     spec = record.get("resolved", data.corpus)
-    found = load_corpus(replace(data, corpus=spec))
-    if record.get("sha256") and found.sha256 != record["sha256"]:
+    found = prepare_corpus(replace(data, corpus=spec))  # the id cache training built
+    changed = record.get("sha256") and found.sha256 != record["sha256"]
+    if changed or found.vocab != loaded.vocab:
         raise CharlmError(
             f"{found.source}: the corpus changed since training, so its {split} split is not "
             f"the one the model was trained beside; score a file with --corpus PATH instead"
         )
-    ids = loaded.vocab.encode(found.text, "replace" if loaded.vocab.unknown_char else "error")
-    part = split_ids(ids, data.val_fraction, data.test_fraction).get(split)
+    part = split_ids(found.ids, data.val_fraction, data.test_fraction).get(split)
     if len(part) < 2:
         raise CharlmError(
             f"split {split!r} of {found.source} has {len(part)} characters; nothing to score "

@@ -25,7 +25,8 @@ import torch.nn.functional as F
 
 from charlm import checkpoint as ckpt
 from charlm import distributed, tblog
-from charlm.batches import Splits, StreamBatcher, split_ids
+from charlm.batches import Splits, check_train_size, make_batcher, split_ids
+from charlm.cache import prepare_corpus, split_sizes
 from charlm.config import (
     BUILTIN_CORPUS,
     Config,
@@ -34,7 +35,6 @@ from charlm.config import (
     config_to_dict,
     dump_yaml,
 )
-from charlm.corpus import load_corpus
 from charlm.distributed import Dist
 from charlm.errors import CharlmError
 from charlm.evaluate import EvalResult, evaluate_ids
@@ -123,27 +123,35 @@ class Data:
 
 
 def prepare_data(config: Config) -> Data:
-    """Read, encode and split the corpus, checking each split is big enough to use."""
-    corpus = load_corpus(config.data)
-    vocab = Vocab.from_text(corpus.text, config.data.min_char_count)
-    ids = vocab.encode(corpus.text, unknown="replace" if vocab.unknown_char else "error")
-    splits = split_ids(ids, config.data.val_fraction, config.data.test_fraction)
-    if len(splits.val) < 2:
-        raise CharlmError(
-            f"{corpus.source}: the val split has {len(splits.val)} characters "
-            f"({len(corpus.text):,} in all x data.val_fraction={config.data.val_fraction}); "
-            f"need at least 2: use a larger corpus or a larger data.val_fraction"
-        )
+    """Encode the corpus into its id cache (or reuse it) and split the memory-mapped ids.
+
+    The split sizes are checked after counting and before the cache is written, so a corpus too
+    small to train on leaves nothing behind.
+    """
+    d, t = config.data, config.train
+
+    def check(chars: int) -> None:
+        n_train, n_val, _ = split_sizes(chars, d.val_fraction, d.test_fraction)
+        if n_val < 2:
+            raise CharlmError(
+                f"{d.corpus or BUILTIN_CORPUS}: the val split has {n_val} characters "
+                f"({chars:,} in all x data.val_fraction={d.val_fraction}); "
+                f"need at least 2: use a larger corpus or a larger data.val_fraction"
+            )
+        check_train_size(n_train, t.batch_size, t.seq_len, t.batching)
+
+    corpus = prepare_corpus(d, check)
+    splits = split_ids(corpus.ids, d.val_fraction, d.test_fraction)
     spec = corpus.source
     resolved = spec if spec == BUILTIN_CORPUS else str(Path(spec).absolute())
     record = {
         "source": spec,
         "resolved": resolved,
         "sha256": corpus.sha256,
-        "chars": len(corpus.text),
+        "chars": corpus.chars,
         "files": len(corpus.files),
     }
-    return Data(vocab=vocab, splits=splits, corpus_record=record)
+    return Data(vocab=corpus.vocab, splits=splits, corpus_record=record)
 
 
 @dataclass
@@ -219,7 +227,9 @@ class Trainer:
         np.random.seed(t.seed % 2**32)
         torch.manual_seed(t.seed)
         self.data = prepare_data(config)
-        self.batcher = StreamBatcher(self.data.splits.train, t.batch_size, t.seq_len, seed=t.seed)
+        self.batcher = make_batcher(
+            self.data.splits.train, t.batching, t.batch_size, t.seq_len, seed=t.seed
+        )
         self.model = CharLM(config.model, len(self.data.vocab)).to(self.device)
         # The module that trains: DDP averages gradients across processes in backward. Weights,
         # evals and checkpoints use the plain model, so a checkpoint has the same keys either way.

@@ -12,6 +12,7 @@ import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -229,14 +230,14 @@ def test_train_cuda_without_cuda(tmp_path: Path) -> None:
 def test_train_unreadable_corpus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests run as root here, so chmod 000 cannot hide a file: simulate the refusal."""
     args = good_corpus()(tmp_path)
-    real = Path.read_bytes
+    real = Path.open
 
-    def read_bytes(self: Path) -> bytes:
+    def open_(self: Path, *args: Any, **kwargs: Any) -> Any:
         if self.name == "corpus.txt":
             raise PermissionError(13, "Permission denied", str(self))
-        return real(self)
+        return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    monkeypatch.setattr(Path, "open", open_)  # the corpus is streamed through Path.open
     result = invoke(["train", *args, "--out", tmp_path / "run"])
     assert_clean_failure(result, ["corpus.txt", "permission denied"])
     assert not (tmp_path / "run").exists()

@@ -1,0 +1,130 @@
+"""Corpus encoding and memory: `charlm data prepare` and the first training steps by corpus size.
+
+Generates corpora of the requested sizes (the built-in standard-library corpus repeated: mostly
+ASCII) in a scratch folder, then measures in a fresh subprocess each:
+  - `charlm data prepare` building the cache (wall and CPU seconds, throughput, peak RSS),
+  - the same command again (cache reused),
+  - 20 training steps from a fresh process on the prepared cache (peak RSS; no final eval).
+Peak RSS comes from os.wait4 on that one child. Everything is deleted afterwards.
+
+    .venv/bin/python bench/bench_corpus.py --sizes 10,100,1000 --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+MB = 2**20
+TRAIN_CHILD = """
+import sys, torch
+from pathlib import Path
+from charlm.config import load_config
+from charlm.train import Trainer
+torch.set_num_threads(1)
+corpus, cache_dir, run, steps = sys.argv[1], sys.argv[2], Path(sys.argv[3]), int(sys.argv[4])
+config = load_config(None, [f"data.corpus={corpus}", f"data.cache_dir={cache_dir}",
+    "train.device=cpu", "model.hidden_size=128", "train.batch_size=32", "train.seq_len=128",
+    f"train.batching={sys.argv[5]}"])
+trainer = Trainer(config, run)
+for _ in range(steps):
+    x, y, fresh = trainer.batcher.next()
+    if fresh:
+        trainer.state = trainer.model.init_state(x.shape[0], trainer.device)
+    trainer.train_step(x, y)
+"""
+
+
+def make_corpus(path: Path, size: int) -> None:
+    """The built-in corpus's UTF-8 bytes repeated up to `size` bytes (cut at a line end)."""
+    sys.path.insert(0, str(REPO))
+    from charlm.config import DataConfig
+    from charlm.corpus import load_corpus
+
+    text = load_corpus(DataConfig()).text.encode("utf-8")
+    with path.open("wb") as f:
+        written = 0
+        while written < size:
+            part = text[: size - written]
+            part = part[: part.rfind(b"\n") + 1] or part
+            f.write(part)
+            written += len(part)
+
+
+def measure(cmd: list[str]) -> dict[str, float]:
+    """Wall seconds, CPU seconds and peak RSS (MiB) of one fresh subprocess."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    start = time.perf_counter()
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status) != 0:
+        raise SystemExit(f"failed: {' '.join(cmd)}\n{proc.stderr.read().decode()[-2000:]}")
+    proc.stderr.close()
+    cpu = usage.ru_utime + usage.ru_stime
+    return {"wall_s": wall, "cpu_s": cpu, "rss_mib": usage.ru_maxrss / 1024}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="10,100", help="corpus sizes in MiB, comma-separated")
+    parser.add_argument("--repeats", type=int, default=3, help="builds per size (median shown)")
+    parser.add_argument("--steps", type=int, default=20, help="training steps to measure")
+    parser.add_argument("--batching", default="stream", help="stream or random")
+    parser.add_argument("--scratch", default=None, help="scratch folder (default: a /tmp one)")
+    args = parser.parse_args()
+    scratch = Path(tempfile.mkdtemp(prefix="charlm-bench-", dir=args.scratch))
+    py = sys.executable
+    rows = []
+    try:
+        for size_mib in (int(s) for s in args.sizes.split(",")):
+            corpus = scratch / f"corpus-{size_mib}mb.txt"
+            make_corpus(corpus, size_mib * MB)
+            cache_dir = scratch / f"cache-{size_mib}"
+            prepare = [py, "-m", "charlm", "data", "prepare", str(corpus)]
+            prepare.append(f"data.cache_dir={cache_dir}")
+            builds = []
+            for _ in range(args.repeats):
+                shutil.rmtree(cache_dir, ignore_errors=True)
+                builds.append(measure(prepare))
+            reuse = measure(prepare)
+            run = scratch / f"run-{size_mib}"
+            steps = measure(
+                [py, "-c", TRAIN_CHILD, str(corpus), str(cache_dir), str(run), str(args.steps),
+                 args.batching]
+            )  # fmt: skip
+            build = {k: statistics.median(b[k] for b in builds) for k in builds[0]}
+            row = {
+                "size_mib": size_mib,
+                "build_wall_s": round(build["wall_s"], 2),
+                "build_cpu_s": round(build["cpu_s"], 2),
+                "mb_per_s_wall": round(size_mib / build["wall_s"], 1),
+                "mb_per_s_cpu": round(size_mib / build["cpu_s"], 1),
+                "build_rss_mib": round(build["rss_mib"], 1),
+                "reuse_wall_s": round(reuse["wall_s"], 2),
+                "reuse_rss_mib": round(reuse["rss_mib"], 1),
+                "train_steps_wall_s": round(steps["wall_s"], 2),
+                "train_steps_rss_mib": round(steps["rss_mib"], 1),
+                "builds_wall_s": [round(b["wall_s"], 2) for b in builds],
+            }
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            corpus.unlink()
+            shutil.rmtree(cache_dir, ignore_errors=True)
+            shutil.rmtree(run, ignore_errors=True)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    print(f"load average at the end: {os.getloadavg()}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
