@@ -760,9 +760,8 @@ def main() -> None:
         if not (hasattr(e, "format_message") and hasattr(e, "exit_code")):
             raise
         ctx = getattr(e, "ctx", None)
-        if type(e).__name__ == "NoArgsIsHelpError" and ctx is not None:
-            typer.echo(ctx.get_help())  # a bare `charlm` or `charlm data` shows its help
-            sys.exit(0)
+        if type(e).__name__ == "NoArgsIsHelpError":
+            sys.exit(0)  # a bare `charlm` or `charlm data`: Typer has already shown the help
         where = ctx.command_path if ctx is not None else "charlm"
         err.print(
             f"error: {where}: {e.format_message()} (see {where} --help)",
