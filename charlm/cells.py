@@ -25,7 +25,6 @@ one full-size gradient buffer per step.
 from __future__ import annotations
 
 import math
-import os
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -195,7 +194,7 @@ def _check_reset(reset: str) -> None:
 # the plain Python function is used from then on, so a model never breaks because of a compiler.
 # --------------------------------------------------------------------------------------------
 
-_backend: str = os.environ.get("CHARLM_CELLS_FUSION", "eager")
+_backend: str = "eager"
 _fused_cache: dict[Callable[..., Any], Callable[..., Any]] = {}
 _failed: set[str] = set()
 
@@ -203,13 +202,15 @@ _failed: set[str] = set()
 def set_fusion(backend: str) -> None:
     """Choose how the element-wise gate functions run: "eager", "script" or "compile".
 
-    The environment variable ``CHARLM_CELLS_FUSION`` sets the default at import time.
+    Process-wide, like torch's own backend switches; a compiled function is built lazily on
+    first use, so choosing "compile" costs nothing until a cell runs.
     """
     global _backend
     if backend not in FUSION_BACKENDS:
         raise ValueError(f"fusion backend must be one of {FUSION_BACKENDS}, got {backend!r}")
     _backend = backend
     _fused_cache.clear()
+    _failed.discard(backend)  # choosing a backend again retries it
 
 
 def fusion_backend() -> str:
