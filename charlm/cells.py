@@ -195,7 +195,7 @@ def _check_reset(reset: str) -> None:
 # --------------------------------------------------------------------------------------------
 
 _backend: str = "eager"
-_fused_cache: dict[Callable[..., Any], Callable[..., Any]] = {}
+_fused_cache: dict[tuple[str, Callable[..., Any]], Callable[..., Any]] = {}
 _failed: set[str] = set()
 
 
@@ -209,7 +209,6 @@ def set_fusion(backend: str) -> None:
     if backend not in FUSION_BACKENDS:
         raise ValueError(f"fusion backend must be one of {FUSION_BACKENDS}, got {backend!r}")
     _backend = backend
-    _fused_cache.clear()
     _failed.discard(backend)  # choosing a backend again retries it
 
 
@@ -222,7 +221,7 @@ def _fused(fn: Callable[..., Any]) -> Callable[..., Any]:
     """``fn`` compiled by the current backend, or ``fn`` itself (eager, or after a failure)."""
     if _backend == "eager" or _backend in _failed:
         return fn
-    fused = _fused_cache.get(fn)
+    fused = _fused_cache.get((_backend, fn))
     if fused is None:
         try:
             fused = _build(fn, _backend)
@@ -230,7 +229,7 @@ def _fused(fn: Callable[..., Any]) -> Callable[..., Any]:
             _give_up(_backend, exc)
             return fn
         fused = _guarded(fn, fused, _backend)
-        _fused_cache[fn] = fused
+        _fused_cache[(_backend, fn)] = fused
     return fused
 
 

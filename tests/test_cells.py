@@ -311,6 +311,7 @@ def test_fusion_failure_falls_back_to_eager_once(monkeypatch: pytest.MonkeyPatch
         return run
 
     monkeypatch.setattr(cells, "_build", broken_build)
+    monkeypatch.setattr(cells, "_fused_cache", {})  # keep the broken build out of later tests
     fused, ref = _pair("gru", 1)
     x = torch.randn(2, 5, IN)
     cells.set_fusion("compile")
