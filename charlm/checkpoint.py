@@ -236,8 +236,14 @@ class Loaded:
     checkpoint: Checkpoint
 
 
-def load_model(run: str | Path, device: str = "auto") -> Loaded:
-    """Load the checkpoint a RUN argument means and rebuild its model in eval mode."""
+def load_model(run: str | Path, device: str = "auto", impl: str | None = None) -> Loaded:
+    """Load the checkpoint a RUN argument means and rebuild its model in eval mode.
+
+    `impl` runs the same weights on the other implementation (`fused` or `reference`); the GRU
+    variant recorded in the checkpoint is kept, so one variant is never loaded as the other.
+    """
+    from dataclasses import replace
+
     from charlm.config import config_from_dict
     from charlm.model import CharLM, resolve_device
     from charlm.vocab import Vocab
@@ -245,6 +251,16 @@ def load_model(run: str | Path, device: str = "auto") -> Loaded:
     path = find_checkpoint(run)
     ckpt = load_checkpoint(path)
     config = config_from_dict(ckpt.record.get("config"), where=f"{path} (config record)")
+    if impl is not None:
+        if impl not in ("fused", "reference"):
+            raise CharlmError(f"--impl {impl!r}: expected fused or reference")
+        m = config.model
+        if impl == "fused" and m.cell == "gru" and m.gru_reset == "before":
+            raise CharlmError(
+                f"{path}: holds a reset-before GRU, which the fused kernel (reset after) cannot "
+                f"run; use --impl reference"
+            )
+        config = replace(config, model=replace(m, impl=impl))
     vocab = Vocab.from_dict(ckpt.record.get("vocab"))
     model = CharLM(config.model, len(vocab))
     try:

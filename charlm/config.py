@@ -87,6 +87,21 @@ class ModelConfig:
     dropout: float = field(
         default=0.0, metadata=_help("Dropout between layers and before the output head.")
     )
+    impl: Literal["fused", "reference"] = field(
+        default="fused",
+        metadata=_help(
+            "`fused`: nn.LSTM / nn.GRU (oneDNN on CPU, cuDNN on GPU); `reference`: the cells "
+            "written out from their equations in charlm/cells.py (same weights, same numbers)."
+        ),
+    )
+    gru_reset: Literal["after", "before"] = field(
+        default="after",
+        metadata=_help(
+            "GRU candidate: the reset gate applied `after` the hidden product (nn.GRU and cuDNN) "
+            "or `before` it (the classic GRU; model.impl=reference only). A different model, "
+            "not a different kernel."
+        ),
+    )
 
 
 @dataclass(frozen=True)
@@ -278,6 +293,11 @@ def validate(config: Config) -> Config:
         value = getattr(m, name)
         _check(value >= 1, f"model.{name}", value, "a positive whole number")
     _check(0 <= m.dropout < 1, "model.dropout", m.dropout, "a number in [0, 1)")
+    if m.cell == "gru" and m.gru_reset == "before" and m.impl == "fused":
+        raise CharlmError(
+            "model.impl: 'fused' (nn.GRU, cuDNN) only has the reset-after GRU, but "
+            "model.gru_reset is 'before'; use model.impl=reference, or model.gru_reset=after"
+        )
     for name in ("batch_size", "seq_len", "eval_interval", "eval_streams", "log_interval"):
         value = getattr(t, name)
         _check(value >= 1, f"train.{name}", value, "a positive whole number")

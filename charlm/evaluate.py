@@ -97,6 +97,7 @@ def evaluate_run(
     device: str = "auto",
     streams: int | None = None,
     unknown: str = "error",
+    impl: str | None = None,
 ) -> EvalResult:
     """Score a run's checkpoint on a split of its own corpus, or on any text file or folder.
 
@@ -109,7 +110,7 @@ def evaluate_run(
     from charlm.checkpoint import load_model
     from charlm.corpus import load_corpus
 
-    loaded = load_model(run, device)
+    loaded = load_model(run, device, impl)
     data = loaded.config.data
     n_streams = streams if streams is not None else loaded.config.train.eval_streams
     if corpus is not None:

@@ -23,14 +23,7 @@ class CharLM(nn.Module):
         self.config = config
         self.vocab_size = vocab_size
         self.embed = nn.Embedding(vocab_size, config.embedding_dim)
-        rnn_cls = nn.LSTM if config.cell == "lstm" else nn.GRU
-        self.rnn = rnn_cls(
-            config.embedding_dim,
-            config.hidden_size,
-            num_layers=config.num_layers,
-            dropout=config.dropout if config.num_layers > 1 else 0.0,
-            batch_first=True,
-        )
+        self.rnn = make_rnn(config)
         self.drop = nn.Dropout(config.dropout)
         self.head = nn.Linear(config.hidden_size, vocab_size)
 
@@ -56,6 +49,23 @@ class CharLM(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+
+def make_rnn(config: ModelConfig) -> nn.Module:
+    """The recurrent stack: the fused library kernel or the reference cells, interchangeable.
+
+    Both have the same parameter names and shapes, so a state_dict loads into either.
+    """
+    between = config.dropout if config.num_layers > 1 else 0.0
+    size = (config.embedding_dim, config.hidden_size, config.num_layers)
+    if config.impl == "reference":
+        from charlm.cells import ReferenceGRU, ReferenceLSTM
+
+        if config.cell == "lstm":
+            return ReferenceLSTM(*size, dropout=between)
+        return ReferenceGRU(*size, dropout=between, reset=config.gru_reset)
+    rnn_cls = nn.LSTM if config.cell == "lstm" else nn.GRU
+    return rnn_cls(*size, dropout=between, batch_first=True)
 
 
 def detach_state(state: State) -> State:
