@@ -187,11 +187,12 @@ def _check_reset(reset: str) -> None:
 #
 # Measured on the development machine (2-core AVX2 CPU, torch 2.13 CPU, B=64, H=256): neither
 # compiler helps there. TorchScript's CPU fuser needs an LLVM build that the CPU wheel lacks
-# (enabling it fails with "LLVM Backend not found"), and unfused it runs the same ops ~10 %
-# slower than eager; torch.compile takes ~20 s per new shape and its fused forward+backward was
-# slower than eager. So "eager" is the default and the others are opt-in, for machines where
-# they pay off. Any failure to build or run a fused function is reported once, remembered, and
-# the plain Python function is used from then on, so a model never breaks because of a compiler.
+# (enabling it fails with "LLVM Backend not found"), and unfused it trains no faster than eager
+# (docs/benchmarks.md); torch.compile takes ~20 s per new shape and its fused forward+backward of
+# the LSTM gates was ~25 % slower than eager in a micro-benchmark. So "eager" is the default
+# and the others are opt-in, for machines where they pay off. Any failure to build or run a
+# fused function is reported once, remembered, and the plain Python function is used from then
+# on, so a model never breaks because of a compiler.
 # --------------------------------------------------------------------------------------------
 
 _backend: str = "eager"
