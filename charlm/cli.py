@@ -364,11 +364,18 @@ def eval_command(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object to stdout."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
 ) -> None:
-    """Mean loss (nats/char), bits per char and perplexity of a model on a split or a file."""
+    """Mean loss (nats/char), bits per char and perplexity of a model on a split or a file.
+
+    A folder or glob given to --corpus is scored file by file (state reset between files), with
+    a total row; its JSON is the total's numbers plus a "files" list.
+    """
     from charlm.evaluate import evaluate_run
 
     if split not in ("val", "test", "train"):
         raise CharlmError(f"--split {split!r}: expected val, test or train")
+    if corpus is not None and (corpus.is_dir() or any(ch in str(corpus) for ch in "*?[")):
+        show_files(run, corpus, as_json, device)
+        return
     result = evaluate_run(run, corpus=corpus, split=split, device=device)
     scored = str(corpus) if corpus is not None else f"{split} split"
     if as_json:
@@ -384,6 +391,34 @@ def eval_command(
         f"{result.chars:,}",
         f"{result.chars_per_s:,.0f}",
     )
+    Console().print(table)
+
+
+def show_files(run: Path, corpus: Path, as_json: bool, device: str) -> None:
+    """`charlm eval --corpus FOLDER`: one row per file and the total."""
+    from charlm.evaluate import evaluate_files
+
+    found = evaluate_files(run, corpus, device=device)
+    for name in found.skipped:
+        err.print(f"skipped {name}: fewer than 2 characters", markup=False)
+    if as_json:
+        typer.echo(json.dumps({"scored": str(corpus), **found.to_dict()}))
+        return
+    table = Table(title=f"charlm eval: {run} on {corpus}", title_justify="left")
+    for column in ("file", "loss (nats/char)", "bpc", "perplexity", "chars", "chars/s"):
+        table.add_column(column, justify="left" if column == "file" else "right", overflow="fold")
+    rows = [*found.files, ("total", found.total)]
+    for i, (name, result) in enumerate(rows):
+        shown = Path(name).relative_to(corpus) if corpus.is_dir() and name != "total" else name
+        table.add_row(
+            str(shown),
+            f"{result.loss:.4f}",
+            f"{result.bpc:.4f}",
+            f"{result.perplexity:.3f}",
+            f"{result.chars:,}",
+            f"{result.chars_per_s:,.0f}",
+            end_section=i == len(rows) - 2,
+        )
     Console().print(table)
 
 
