@@ -163,8 +163,9 @@ class Decoding:
     """Iterate to get one tuple of new characters (one per sample) per step.
 
     A sample that produced a stop string gives "" from then on; iteration ends when every sample
-    has stopped or after `length` steps. Afterwards `samples()` has the finished texts with their
-    log-likelihoods (kept only when `score` is true; they cost a log-softmax per step).
+    has stopped or after `length` steps. With `score`, `samples()` afterwards has the finished
+    texts with their log-likelihoods (a log-softmax per step; without `score` nor stop strings no
+    texts are kept, so plain streaming does no bookkeeping).
     """
 
     def __init__(
@@ -220,31 +221,39 @@ class Decoding:
         logits, state = stepper.start(prime)
         noise: list[torch.Tensor] = []
         pending: list[tuple[torch.Tensor, torch.Tensor | None]] = []
+        # Plain streaming (no stops, no scores, on the CPU) needs none of the bookkeeping.
+        lean = fetch_every == 1 and not self.stop and not self.score
+        chars = self.vocab.chars
+        last = self.length - 1
         for t in range(self.length):
             x = logits.float()
             if inv_t == 0.0:
                 ids = x.argmax(-1)
             else:
-                if t % NOISE_CHUNK == 0:
+                k = t % NOISE_CHUNK
+                if k == 0:
                     noise = _gumbel(gens, x.shape[-1], device)
                 z = x if inv_t == 1.0 else x * inv_t
                 if filtered:
                     z = filter_logits(z, self.top_k, self.top_p)
-                ids = (z + noise[t % NOISE_CHUNK]).argmax(-1)
-            lp = torch.log_softmax(x, -1).gather(1, ids.unsqueeze(1)) if self.score else None
-            pending.append((ids, lp))
-            if len(pending) == fetch_every or t == self.length - 1:
-                for row in self._accept(pending):
-                    yield row
-                    if all(s is not None for s in self.stopped):
-                        return
-                pending = []
-            if t < self.length - 1:
+                ids = torch.add(z, noise[k]).argmax(-1)
+            if lean:
+                yield tuple([chars[i] for i in ids.tolist()])
+            else:
+                lp = torch.log_softmax(x, -1).gather(1, ids.unsqueeze(1)) if self.score else None
+                pending.append((ids, lp))
+                if len(pending) == fetch_every or t == last:
+                    for row in self._accept(pending):
+                        yield row
+                        if None not in self.stopped:
+                            return
+                    pending = []
+            if t < last:
                 logits, state = stepper.step(ids, state)
 
     def _accept(
         self, pending: list[tuple[torch.Tensor, torch.Tensor | None]]
-    ) -> Iterator[tuple[str, ...]]:
+    ) -> list[tuple[str, ...]]:
         """Turn fetched ids into characters, keeping texts, log-likelihoods and stops."""
         chars = self.vocab.chars
         if len(pending) == 1:
@@ -254,6 +263,7 @@ class Decoding:
             rows = torch.stack([ids for ids, _ in pending]).tolist()
             lps = torch.stack([lp.view(-1) for _, lp in pending]).tolist() if self.score else None
         longest = max((len(s) for s in self.stop), default=0)
+        accepted = []
         for r, row in enumerate(rows):
             out = []
             for b, i in enumerate(row):
@@ -269,7 +279,10 @@ class Decoding:
                 if longest:
                     tail = "".join(text[-longest:])
                     self.stopped[b] = next((s for s in self.stop if tail.endswith(s)), None)
-            yield tuple(out)
+            accepted.append(tuple(out))
+            if None not in self.stopped:
+                break
+        return accepted
 
 
 def _gumbel(
