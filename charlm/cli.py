@@ -247,6 +247,12 @@ def sample(
     if interactive and prime:
         raise CharlmError("--prime with --interactive: each line typed is the prime; drop --prime")
     loaded = load_model(run, device)
+    if num_samples == 1 and next(loaded.model.parameters()).device.type == "cpu":
+        import torch
+
+        # One stream's steps are matrix-vector products too small to split across threads; the
+        # split costs a synchronisation per call, ruinous on a busy CPU (docs/benchmarks.md).
+        torch.set_num_threads(1)
     options = SampleOptions(
         length, 1.0 if temperature is None else temperature, top_k, top_p, seed, num_samples
     )
