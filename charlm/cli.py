@@ -246,21 +246,25 @@ def sample(
     check_options(length, temperature, top_k, top_p, num_samples, beam)
     if interactive and prime:
         raise CharlmError("--prime with --interactive: each line typed is the prime; drop --prime")
-    loaded = load_model(run, device)
-    if num_samples == 1 and next(loaded.model.parameters()).device.type == "cpu":
-        import torch
+    import torch
 
-        # One stream's steps are matrix-vector products too small to split across threads; the
-        # split costs a synchronisation per call, ruinous on a busy CPU (docs/benchmarks.md).
-        torch.set_num_threads(1)
+    loaded = load_model(run, device)
     options = SampleOptions(
         length, 1.0 if temperature is None else temperature, top_k, top_p, seed, num_samples
     )
     write = functools.partial(write_samples, loaded, options, stops, beam, as_json)
-    if interactive:
-        prompt_loop(write)
-    else:
-        write(prime, echo_prime=True)
+    threads = torch.get_num_threads()
+    if num_samples == 1 and next(loaded.model.parameters()).device.type == "cpu":
+        # One stream's steps are matrix-vector products too small to split across threads; the
+        # split costs a synchronisation per call, ruinous on a busy CPU (docs/benchmarks.md).
+        torch.set_num_threads(1)
+    try:
+        if interactive:
+            prompt_loop(write)
+        else:
+            write(prime, echo_prime=True)
+    finally:
+        torch.set_num_threads(threads)
 
 
 class SampleOptions(NamedTuple):

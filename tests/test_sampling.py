@@ -263,6 +263,7 @@ runner = CliRunner()
 
 def test_cli_stop_json_and_contract(trained_run: Path) -> None:
     run = str(trained_run)
+    threads = torch.get_num_threads()
     plain_args = ["sample", run, "-p", "The ", "-n", "150", "-s", "3"]
     plain = runner.invoke(app, plain_args)
     assert plain.exit_code == 0 and plain.stdout.startswith("The ")
@@ -280,6 +281,7 @@ def test_cli_stop_json_and_contract(trained_run: Path) -> None:
         assert d["logprob"] < 0 and d["logprob_per_char"] == pytest.approx(d["logprob"] / 40)
     beams = runner.invoke(app, ["sample", run, "-n", "20", "--beam", "3", "--num-samples", "2"])
     assert beams.exit_code == 0 and "----- sample 2 of 2 -----" in beams.stdout
+    assert torch.get_num_threads() == threads  # the one-thread setting does not leak
 
 
 @pytest.mark.parametrize(
