@@ -13,7 +13,7 @@ import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 import typer
 from rich.console import Console
@@ -285,9 +285,15 @@ def sample(
     run: Path = typer.Argument(
         ..., help="A run folder (best checkpoint, else last) or a checkpoint."
     ),
-    length: int = typer.Option(500, "--length", "-n", help="New characters per sample."),
-    temperature: float = typer.Option(
-        1.0, "--temperature", "-t", help="Softmax temperature; 0 is greedy (argmax)."
+    length: int = typer.Option(
+        500, "--length", "-n", help="New characters per sample (the most, with --stop)."
+    ),
+    temperature: float | None = typer.Option(
+        None,
+        "--temperature",
+        "-t",
+        help="Softmax temperature (default 1); 0 is greedy (argmax).",
+        show_default=False,
     ),
     top_k: int | None = typer.Option(None, "--top-k", help="Sample only from the k likeliest."),
     top_p: float | None = typer.Option(
@@ -298,45 +304,171 @@ def sample(
         None, "--seed", "-s", help="Seed: the same seed, the same text."
     ),
     num_samples: int = typer.Option(
-        1, "--num-samples", help="How many samples, drawn in one batch."
+        1, "--num-samples", help="How many samples, drawn in one batch (with --beam: the best N)."
+    ),
+    stop: list[str] | None = typer.Option(
+        None,
+        "--stop",
+        help="Stop a sample once it produces this text (printed); repeatable; \\n, \\t known.",
+        show_default=False,
+    ),
+    beam: int | None = typer.Option(
+        None, "--beam", help="Beam search of this width for the likeliest text (no sampling)."
+    ),
+    as_json: bool = typer.Option(
+        False, "--json", help="One JSON object per sample (text, chars, log-likelihood)."
+    ),
+    interactive: bool = typer.Option(
+        False, "--interactive", "-i", help="Read primes line by line from stdin; Ctrl-D ends."
     ),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     unknown: str = typer.Option("error", "--unknown", help=UNKNOWN_HELP.format(what="prime")),
+    impl: str | None = typer.Option(
+        None,
+        "--impl",
+        help="Run the weights on `fused` (nn.LSTM/nn.GRU) or `reference` (charlm/cells.py) "
+        "cells; default: the one the model was trained with.",
+    ),
 ) -> None:
     """Print the prime followed by exactly --length new characters to stdout, as they come."""
     from charlm.checkpoint import load_model
-    from charlm.sample import check_options, generate_batch
+    from charlm.sample import check_options, parse_stops
     from charlm.vocab import check_unknown_policy
 
-    check_options(length, temperature, top_k, top_p, num_samples)
+    stops = parse_stops(stop or [])
+    check_options(length, temperature, top_k, top_p, num_samples, beam)
     check_unknown_policy(unknown)
-    loaded = load_model(run, device)
-    chars = generate_batch(
-        loaded.model,
-        loaded.vocab,
-        prime,
+    if interactive and prime:
+        raise CharlmError("--prime with --interactive: each line typed is the prime; drop --prime")
+    import torch
+
+    loaded = load_model(run, device, impl)
+    options = SampleOptions(
         length,
-        temperature,
+        1.0 if temperature is None else temperature,
         top_k,
         top_p,
         seed,
         num_samples,
-        unknown=unknown,
+        unknown,
     )
+    write = functools.partial(write_samples, loaded, options, stops, beam, as_json)
+    threads = torch.get_num_threads()
+    if num_samples == 1 and next(loaded.model.parameters()).device.type == "cpu":
+        # One stream's steps are matrix-vector products too small to split across threads; the
+        # split costs a synchronisation per call, ruinous on a busy CPU (docs/benchmarks.md).
+        torch.set_num_threads(1)
+    try:
+        if interactive:
+            prompt_loop(write)
+        else:
+            write(prime, echo_prime=True)
+    finally:
+        torch.set_num_threads(threads)
+
+
+class SampleOptions(NamedTuple):
+    """The sampling options in the order the library takes them."""
+
+    length: int
+    temperature: float
+    top_k: int | None
+    top_p: float | None
+    seed: int | None
+    num_samples: int
+    unknown: str
+
+
+def write_samples(
+    loaded: Any,
+    options: SampleOptions,
+    stops: tuple[str, ...],
+    beam: int | None,
+    as_json: bool,
+    prime: str,
+    echo_prime: bool,
+) -> None:
+    """Write the samples for one prime to stdout, streaming when there is a single sample."""
+    from charlm.sample import beam_search, generate_batch, sample_batch
+
+    length, temperature, top_k, top_p, seed, num_samples, unknown = options
+    model, vocab = loaded.model, loaded.vocab
     out = sys.stdout
+    shown = prime if echo_prime else ""
+    if beam is not None or as_json:
+        if beam is not None:
+            found = beam_search(model, vocab, prime, length, beam, num_samples, stops, unknown)
+        else:
+            found = sample_batch(
+                model,
+                vocab,
+                prime,
+                length,
+                temperature,
+                top_k,
+                top_p,
+                seed,
+                num_samples,
+                stops,
+                unknown,
+            )
+        if as_json:
+            for i, one in enumerate(found):
+                out.write(json.dumps({"sample": i + 1, **one.to_dict()}) + "\n")
+        else:
+            write_texts(out, [shown + one.text for one in found])
+        out.flush()
+        return
+    chars = generate_batch(
+        model, vocab, prime, length, temperature, top_k, top_p, seed, num_samples, stops, unknown
+    )
     if num_samples == 1:
-        out.write(prime)
+        out.write(shown)
         out.flush()
         for (char,) in chars:
             out.write(char)
             out.flush()
         return
-    texts = ["".join(parts) for parts in zip(*chars, strict=True)]
+    write_texts(out, [shown + "".join(parts) for parts in zip(*chars, strict=True)])
+    out.flush()
+
+
+def write_texts(out: Any, texts: list[str]) -> None:
+    """Several samples in turn, each after a separator line naming it."""
     for i, text in enumerate(texts):
         if i:
-            out.write(f"\n----- sample {i + 1} of {num_samples} -----\n")
-        out.write(prime + text)
-    out.flush()
+            out.write(f"\n----- sample {i + 1} of {len(texts)} -----\n")
+        out.write(text)
+
+
+def prompt_loop(write: Callable[..., None]) -> None:
+    """Each stdin line is a prime; its continuation follows on stdout, then a newline.
+
+    The prime is not echoed (it was just typed). A bad line is reported and the loop goes on;
+    Ctrl-D (end of input) and Ctrl-C end it with exit code 0.
+    """
+    stdin = sys.stdin
+    tty = stdin.isatty()
+    if tty:
+        err.print("Type a prime and press Enter; Ctrl-D or Ctrl-C quits.", markup=False)
+    try:
+        while True:
+            if tty:
+                err.print("> ", end="", markup=False)
+            line = stdin.readline()
+            if not line:
+                break
+            try:
+                write(line.rstrip("\r\n"), echo_prime=False)
+            except CharlmError as e:
+                sys.stdout.flush()
+                err.print(f"error: {e}", markup=False, highlight=False)
+                continue
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        sys.stdout.write("\n")
+        sys.stdout.flush()
 
 
 # -------------------------------------------------------------------------------------- eval
@@ -353,15 +485,30 @@ def eval_command(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object to stdout."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     unknown: str = typer.Option("error", "--unknown", help=UNKNOWN_HELP.format(what="--corpus")),
+    impl: str | None = typer.Option(
+        None,
+        "--impl",
+        help="Run the weights on `fused` (nn.LSTM/nn.GRU) or `reference` (charlm/cells.py) "
+        "cells; default: the one the model was trained with.",
+    ),
 ) -> None:
-    """Mean loss (nats/char), bits per char and perplexity of a model on a split or a file."""
+    """Mean loss (nats/char), bits per char and perplexity of a model on a split or a file.
+
+    A folder or glob given to --corpus is scored file by file (state reset between files), with
+    a total row; its JSON is the total's numbers plus a "files" list.
+    """
     from charlm.evaluate import evaluate_run
     from charlm.vocab import check_unknown_policy
 
     if split not in ("val", "test", "train"):
         raise CharlmError(f"--split {split!r}: expected val, test or train")
     check_unknown_policy(unknown)
-    result = evaluate_run(run, corpus=corpus, split=split, device=device, unknown=unknown)
+    if corpus is not None and (corpus.is_dir() or any(ch in str(corpus) for ch in "*?[")):
+        show_files(run, corpus, as_json, device, unknown, impl)
+        return
+    result = evaluate_run(
+        run, corpus=corpus, split=split, device=device, unknown=unknown, impl=impl
+    )
     scored = str(corpus) if corpus is not None else f"{split} split"
     if as_json:
         typer.echo(json.dumps({"scored": scored, **result.to_dict()}))
@@ -745,6 +892,36 @@ def data_fetch(
     path, downloaded = fetch(name, dest, url, timeout)
     what = "downloaded and verified" if downloaded else "already present and verified"
     err.print(f"{path}: {what}", markup=False, soft_wrap=True)
+
+
+def show_files(
+    run: Path, corpus: Path, as_json: bool, device: str, unknown: str, impl: str | None
+) -> None:
+    """`charlm eval --corpus FOLDER`: one row per file and the total."""
+    from charlm.evaluate import evaluate_files
+
+    found = evaluate_files(run, corpus, device=device, unknown=unknown, impl=impl)
+    for name in found.skipped:
+        err.print(f"skipped {name}: fewer than 2 characters", markup=False)
+    if as_json:
+        typer.echo(json.dumps({"scored": str(corpus), **found.to_dict()}))
+        return
+    table = Table(title=f"charlm eval: {run} on {corpus}", title_justify="left")
+    for column in ("file", "loss (nats/char)", "bpc", "perplexity", "chars", "chars/s"):
+        table.add_column(column, justify="left" if column == "file" else "right", overflow="fold")
+    rows = [*found.files, ("total", found.total)]
+    for i, (name, result) in enumerate(rows):
+        shown = Path(name).relative_to(corpus) if corpus.is_dir() and name != "total" else name
+        table.add_row(
+            str(shown),
+            f"{result.loss:.4f}",
+            f"{result.bpc:.4f}",
+            f"{result.perplexity:.3f}",
+            f"{result.chars:,}",
+            f"{result.chars_per_s:,.0f}",
+            end_section=i == len(rows) - 2,
+        )
+    Console().print(table)
 
 
 def main() -> None:

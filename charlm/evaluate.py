@@ -138,3 +138,74 @@ def evaluate_run(
             f"(set data.test_fraction when training to have a test split)"
         )
     return evaluate_ids(loaded.model, part, n_streams)
+
+
+@dataclass(frozen=True)
+class FilesResult:
+    """Per-file scores of a folder (or glob) and their character-weighted total."""
+
+    files: tuple[tuple[str, EvalResult], ...]
+    total: EvalResult
+    skipped: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """The total at the top level (so readers of `loss` keep working) plus each file."""
+        return {
+            **self.total.to_dict(),
+            "files": [{"file": name, **result.to_dict()} for name, result in self.files],
+            "skipped": list(self.skipped),
+        }
+
+
+def combine(results: list[EvalResult]) -> EvalResult:
+    """The score of several texts together: losses weighted by their scored characters."""
+    chars = sum(r.chars for r in results)
+    loss = sum(r.loss * r.chars for r in results) / chars
+    return EvalResult(
+        loss=loss,
+        bpc=loss / math.log(2),
+        perplexity=math.exp(min(loss, 700.0)),
+        chars=chars,
+        streams=max(r.streams for r in results),
+        seconds=sum(r.seconds for r in results),
+    )
+
+
+def evaluate_files(
+    run: str | Path,
+    corpus: str | Path,
+    device: str = "auto",
+    streams: int | None = None,
+    unknown: str = "error",
+    impl: str | None = None,
+) -> FilesResult:
+    """Score every file of a folder or glob on its own (state reset between files), and the total.
+
+    Each file's numbers are exactly what `evaluate_run(run, corpus=file)` gives for that file.
+    Files with fewer than 2 characters have nothing to score and are listed in `skipped`.
+    """
+    from charlm.checkpoint import load_model
+    from charlm.corpus import normalise_newlines, read_file, resolve_files
+
+    loaded = load_model(run, device, impl)
+    data = loaded.config.data
+    n_streams = streams if streams is not None else loaded.config.train.eval_streams
+    scored: list[tuple[str, EvalResult]] = []
+    skipped: list[str] = []
+    for path in resolve_files(str(corpus), data.encoding):
+        text = read_file(path, data.encoding, data.errors)
+        if data.newline == "lf":
+            text = normalise_newlines(text)
+        if len(text) < 2:
+            skipped.append(str(path))
+            continue
+        try:
+            ids = loaded.vocab.encode(text, unknown)
+        except CharlmError as e:
+            raise CharlmError(f"{path}: {e}") from None
+        scored.append((str(path), evaluate_ids(loaded.model, ids, n_streams)))
+    if not scored:
+        raise CharlmError(f"{corpus}: no file with at least 2 characters to score")
+    return FilesResult(
+        files=tuple(scored), total=combine([r for _, r in scored]), skipped=tuple(skipped)
+    )

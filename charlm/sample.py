@@ -1,25 +1,52 @@
 """Generate text one character at a time with the hidden state carried.
 
 Each new character costs one recurrent step, whatever the length so far: the prefix is never
-re-run. Randomness comes only from an explicit, seeded `torch.Generator` on the CPU, so the same
-seed gives the same text on any device. Temperature 0 means greedy (argmax).
+re-run, and the steps go through the fast steppers in `charlm.stepper`. Temperature 0 means greedy
+(argmax).
+
+Sampling draws with the Gumbel-max trick: the next id is argmax(logits / T + g) with
+g = -log(E), E ~ Exponential(1), which picks id i with probability softmax(logits / T)_i exactly,
+without a softmax or `torch.multinomial` per step. The noise comes from seeded CPU generators in
+chunks of `NOISE_CHUNK` steps, one generator per sample seeded `seed + i`, so sample i of a batch is
+the sample `seed + i` would give alone, and the noise does not depend on the device.
+
+`beam_search` finds the likeliest continuation instead of a random one (see its docstring).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
 
 import torch
+from torch import nn
 
 from charlm.errors import CharlmError
 from charlm.model import CharLM
+from charlm.stepper import make_stepper
 from charlm.vocab import Vocab
 
 
 def check_options(
-    length: int, temperature: float, top_k: int | None, top_p: float | None, num_samples: int = 1
+    length: int,
+    temperature: float | None,
+    top_k: int | None,
+    top_p: float | None,
+    num_samples: int = 1,
+    beam: int | None = None,
 ) -> None:
-    """Reject decoding options that make no sense, naming the option."""
+    """Reject decoding options that make no sense, naming the option.
+
+    `temperature` None means "not given" (1.0 when sampling); beam search takes none of the
+    sampling options, because it does not sample.
+    """
+    if beam is not None:
+        check_beam(beam, num_samples, temperature, top_k, top_p)
+        temperature = 1.0
+    if temperature is None:
+        temperature = 1.0
     if length < 1:
         raise CharlmError(f"--length {length}: expected a positive number of characters")
     if not temperature >= 0:
@@ -60,6 +87,218 @@ def encode_prime(vocab: Vocab, prime: str, unknown: str = "error") -> list[int]:
     return ids or [vocab.chars.index("\n") if "\n" in vocab else 0]
 
 
+def check_beam(
+    beam: int,
+    num_samples: int,
+    temperature: float | None,
+    top_k: int | None,
+    top_p: float | None,
+) -> None:
+    """Beam search is deterministic: sampling options would be silently ignored, so refuse them."""
+    if beam < 1:
+        raise CharlmError(f"--beam {beam}: expected a whole number >= 1")
+    given = [
+        name
+        for name, value in (("--temperature", temperature), ("--top-k", top_k), ("--top-p", top_p))
+        if value is not None
+    ]
+    if given:
+        raise CharlmError(
+            f"--beam searches for the likeliest text and does not sample; drop {', '.join(given)}"
+        )
+    if num_samples > beam:
+        raise CharlmError(
+            f"--num-samples {num_samples} with --beam {beam}: a beam of {beam} keeps at most "
+            f"{beam} continuations; use --num-samples <= --beam"
+        )
+
+
+_ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\", "0": "\0"}
+
+
+def parse_stops(texts: Iterable[str]) -> tuple[str, ...]:
+    r"""Stop strings as typed on a shell line: `\n`, `\t`, `\r`, `\0` and `\\` are escapes."""
+    stops = []
+    for text in texts:
+        stop = re.sub(r"\\(.)", lambda m: _ESCAPES.get(m.group(1), m.group(0)), text)
+        if not stop:
+            raise CharlmError("--stop '': expected a non-empty string")
+        stops.append(stop)
+    return tuple(stops)
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One finished continuation (the prime is not part of `text`).
+
+    `logprob` is the natural-log likelihood of `text` after the prime under the model's own,
+    unmodified distribution (temperature 1, no top-k/top-p), whatever options produced it.
+    """
+
+    prime: str
+    text: str
+    logprob: float
+    stop: str | None = None
+
+    @property
+    def chars(self) -> int:
+        return len(self.text)
+
+    @property
+    def logprob_per_char(self) -> float:
+        return self.logprob / len(self.text) if self.text else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "prime": self.prime,
+            "text": self.text,
+            "chars": self.chars,
+            "logprob": self.logprob,
+            "logprob_per_char": self.logprob_per_char,
+            "stop": self.stop,
+        }
+
+
+NOISE_CHUNK = 32  # steps of Gumbel noise drawn per generator call; fixed, so seeds reproduce
+
+
+class Decoding:
+    """Iterate to get one tuple of new characters (one per sample) per step.
+
+    A sample that produced a stop string gives "" from then on; iteration ends when every sample
+    has stopped or after `length` steps. With `score`, `samples()` afterwards has the finished
+    texts with their log-likelihoods (a log-softmax per step; without `score` nor stop strings no
+    texts are kept, so plain streaming does no bookkeeping).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        vocab: Vocab,
+        prime: str,
+        length: int,
+        temperature: float,
+        top_k: int | None,
+        top_p: float | None,
+        seed: int | None,
+        num_samples: int,
+        stop: Iterable[str] = (),
+        score: bool = False,
+        unknown: str = "error",
+    ) -> None:
+        check_options(length, temperature, top_k, top_p, num_samples)
+        self.prime = prime
+        self.prime_ids = encode_prime(vocab, prime, unknown)
+        self.model = model
+        self.vocab = vocab
+        self.length = length
+        self.temperature = temperature
+        self.top_k = top_k
+        self.top_p = top_p
+        base = seed if seed is not None else int(torch.seed() % (2**63))
+        self.seeds = [(base + i) % 2**64 for i in range(num_samples)]
+        self.stop = tuple(stop)
+        self.score = score
+        self.texts: list[list[str]] = [[] for _ in range(num_samples)]
+        self.logprobs = [0.0] * num_samples
+        self.stopped: list[str | None] = [None] * num_samples
+
+    def samples(self) -> list[Sample]:
+        return [
+            Sample(self.prime, "".join(t), lp, s)
+            for t, lp, s in zip(self.texts, self.logprobs, self.stopped, strict=True)
+        ]
+
+    @torch.inference_mode()
+    def __iter__(self) -> Iterator[tuple[str, ...]]:
+        model = self.model
+        model.eval()
+        device = next(model.parameters()).device
+        stepper = make_stepper(model)
+        n = len(self.seeds)
+        gens = [torch.Generator().manual_seed(s) for s in self.seeds]
+        inv_t = 1.0 / self.temperature if self.temperature > 0 else 0.0
+        filtered = self.top_k is not None or self.top_p is not None
+        # On a GPU every .tolist() waits for the device, so ids are fetched in chunks there.
+        fetch_every = 1 if device.type == "cpu" else 16
+        prime = torch.tensor(self.prime_ids, device=device).expand(n, -1)
+        logits, state = stepper.start(prime)
+        noise: list[torch.Tensor] = []
+        pending: list[tuple[torch.Tensor, torch.Tensor | None]] = []
+        # Plain streaming (no stops, no scores, on the CPU) needs none of the bookkeeping.
+        lean = fetch_every == 1 and not self.stop and not self.score
+        chars = self.vocab.chars
+        last = self.length - 1
+        for t in range(self.length):
+            x = logits.float()
+            if inv_t == 0.0:
+                ids = x.argmax(-1)
+            else:
+                k = t % NOISE_CHUNK
+                if k == 0:
+                    noise = _gumbel(gens, x.shape[-1], device)
+                z = x if inv_t == 1.0 else x * inv_t
+                if filtered:
+                    z = filter_logits(z, self.top_k, self.top_p)
+                ids = torch.add(z, noise[k]).argmax(-1)
+            if lean:
+                yield tuple([chars[i] for i in ids.tolist()])
+            else:
+                lp = torch.log_softmax(x, -1).gather(1, ids.unsqueeze(1)) if self.score else None
+                pending.append((ids, lp))
+                if len(pending) == fetch_every or t == last:
+                    for row in self._accept(pending):
+                        yield row
+                        if None not in self.stopped:
+                            return
+                    pending = []
+            if t < last:
+                logits, state = stepper.step(ids, state)
+
+    def _accept(
+        self, pending: list[tuple[torch.Tensor, torch.Tensor | None]]
+    ) -> list[tuple[str, ...]]:
+        """Turn fetched ids into characters, keeping texts, log-likelihoods and stops."""
+        chars = self.vocab.chars
+        if len(pending) == 1:
+            rows = [pending[0][0].tolist()]
+            lps = [pending[0][1].view(-1).tolist()] if self.score else None
+        else:
+            rows = torch.stack([ids for ids, _ in pending]).tolist()
+            lps = torch.stack([lp.view(-1) for _, lp in pending]).tolist() if self.score else None
+        longest = max((len(s) for s in self.stop), default=0)
+        accepted = []
+        for r, row in enumerate(rows):
+            out = []
+            for b, i in enumerate(row):
+                if self.stopped[b] is not None:
+                    out.append("")
+                    continue
+                char = chars[i]
+                out.append(char)
+                text = self.texts[b]
+                text.append(char)
+                if lps is not None:
+                    self.logprobs[b] += lps[r][b]
+                if longest:
+                    tail = "".join(text[-longest:])
+                    self.stopped[b] = next((s for s in self.stop if tail.endswith(s)), None)
+            accepted.append(tuple(out))
+            if None not in self.stopped:
+                break
+        return accepted
+
+
+def _gumbel(
+    gens: list[torch.Generator], vocab_size: int, device: torch.device
+) -> list[torch.Tensor]:
+    """NOISE_CHUNK steps of Gumbel noise [samples, vocab], one seeded generator per sample."""
+    draws = [torch.empty(NOISE_CHUNK, vocab_size).exponential_(generator=g) for g in gens]
+    # E can be exactly 0 (u = 0); clamping keeps -log(E) finite, so -inf logits stay -inf.
+    e = torch.stack(draws, 1).clamp_min_(torch.finfo(torch.float32).tiny)
+    return list(e.log_().neg_().to(device).unbind(0))
+
+
 def generate_batch(
     model: CharLM,
     vocab: Vocab,
@@ -70,48 +309,62 @@ def generate_batch(
     top_p: float | None = None,
     seed: int | None = None,
     num_samples: int = 1,
+    stop: Iterable[str] = (),
     unknown: str = "error",
 ) -> Iterator[tuple[str, ...]]:
-    """Yield one new character per sample per step, `length` times.
+    """Yield one new character per sample per step, at most `length` times.
 
     Options and the prime are checked here, before the first character is asked for, so a caller
-    can report a bad prime before printing anything.
+    can report a bad prime before printing anything. A sample stops after producing any string in
+    `stop` (the stop string is part of its text) and gives "" afterwards.
     """
-    check_options(length, temperature, top_k, top_p, num_samples)
-    prime_ids = encode_prime(vocab, prime, unknown)
-    gen = torch.Generator()
-    gen.manual_seed(seed if seed is not None else int(torch.seed() % (2**63)))
-    return _decode(model, vocab, prime_ids, length, temperature, top_k, top_p, gen, num_samples)
+    decoding = Decoding(
+        model,
+        vocab,
+        prime,
+        length,
+        temperature,
+        top_k,
+        top_p,
+        seed,
+        num_samples,
+        stop,
+        unknown=unknown,
+    )
+    return iter(decoding)
 
 
-@torch.inference_mode()
-def _decode(
+def sample_batch(
     model: CharLM,
     vocab: Vocab,
-    prime_ids: list[int],
-    length: int,
-    temperature: float,
-    top_k: int | None,
-    top_p: float | None,
-    gen: torch.Generator,
-    num_samples: int,
-) -> Iterator[tuple[str, ...]]:
-    model.eval()
-    device = next(model.parameters()).device
-    ids = torch.tensor(prime_ids, device=device)
-    logits, state = model(ids.expand(num_samples, -1), None)
-    last = logits[:, -1].float().cpu()
-    for i in range(length):
-        if temperature == 0:
-            ids = last.argmax(dim=-1)
-        else:
-            probs = torch.softmax(filter_logits(last / temperature, top_k, top_p), dim=-1)
-            ids = torch.multinomial(probs, 1, generator=gen).squeeze(1)
-        yield tuple(vocab.chars[i] for i in ids.tolist())
-        if i == length - 1:
-            break
-        logits, state = model(ids.to(device).unsqueeze(1), state)
-        last = logits[:, -1].float().cpu()
+    prime: str = "",
+    length: int = 200,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    seed: int | None = None,
+    num_samples: int = 1,
+    stop: Iterable[str] = (),
+    unknown: str = "error",
+) -> list[Sample]:
+    """The same samples `generate_batch` gives, finished, with their log-likelihoods."""
+    decoding = Decoding(
+        model,
+        vocab,
+        prime,
+        length,
+        temperature,
+        top_k,
+        top_p,
+        seed,
+        num_samples,
+        stop,
+        True,
+        unknown,
+    )
+    for _ in decoding:
+        pass
+    return decoding.samples()
 
 
 def generate(
@@ -123,7 +376,72 @@ def generate(
     top_k: int | None = None,
     top_p: float | None = None,
     seed: int | None = None,
+    stop: Iterable[str] = (),
+    unknown: str = "error",
 ) -> Iterator[str]:
     """Yield the characters of one sample as they are produced (the prime is not repeated)."""
-    for chars in generate_batch(model, vocab, prime, length, temperature, top_k, top_p, seed, 1):
-        yield chars[0]
+    chars = generate_batch(
+        model, vocab, prime, length, temperature, top_k, top_p, seed, 1, stop, unknown
+    )
+    for (char,) in chars:
+        yield char
+
+
+@torch.inference_mode()
+def beam_search(
+    model: CharLM,
+    vocab: Vocab,
+    prime: str = "",
+    length: int = 200,
+    beam: int = 4,
+    num_samples: int = 1,
+    stop: Iterable[str] = (),
+    unknown: str = "error",
+) -> list[Sample]:
+    """The `num_samples` likeliest continuations found by a beam of width `beam`, best first.
+
+    Each step extends every live hypothesis by every character and keeps the `beam` highest by
+    total log-likelihood (natural log, the model's unmodified distribution). A hypothesis that ends
+    in a stop string is finished and leaves the beam (which narrows); the search ends after
+    `length` characters or when no hypothesis is live. Finished hypotheses can be shorter than
+    the rest, so all are ranked by log-likelihood per character (the length-normalised score);
+    without stop strings every hypothesis has `length` characters and this is the same ranking
+    as the total. With `beam=1` this is greedy decoding. Deterministic: no randomness is used.
+    """
+    check_options(length, None, None, None, num_samples, beam)
+    prime_ids = encode_prime(vocab, prime, unknown)
+    stops = tuple(stop)
+    longest = max((len(s) for s in stops), default=0)
+    model.eval()
+    device = next(model.parameters()).device
+    stepper = make_stepper(model)
+    logits, state = stepper.start(torch.tensor([prime_ids], device=device))
+    scores = torch.zeros(1, dtype=torch.float64, device=device)
+    live: list[list[int]] = [[]]
+    done: list[tuple[list[int], float, str | None]] = []
+    for _ in range(length):
+        logp = torch.log_softmax(logits.double(), -1)
+        vocab_size = logp.shape[-1]
+        top, index = (scores.unsqueeze(1) + logp).view(-1).topk(min(beam, logp.numel()))
+        keep: list[int] = []
+        kept: list[list[int]] = []
+        for j, (flat, total) in enumerate(zip(index.tolist(), top.tolist(), strict=True)):
+            seq = [*live[flat // vocab_size], flat % vocab_size]
+            tail = vocab.decode(seq[-longest:]) if longest else ""
+            hit = next((s for s in stops if tail.endswith(s)), None)
+            if hit is not None:
+                done.append((seq, total, hit))
+            else:
+                keep.append(j)
+                kept.append(seq)
+        live = kept
+        if not keep:
+            break
+        pick = torch.tensor(keep, device=device)
+        scores = top[pick]
+        state = stepper.reorder(state, torch.div(index[pick], vocab_size, rounding_mode="floor"))
+        logits, state = stepper.step(index[pick] % vocab_size, state)
+    else:
+        done += [(seq, total, None) for seq, total in zip(live, scores.tolist(), strict=True)]
+    done.sort(key=lambda h: h[1] / len(h[0]), reverse=True)
+    return [Sample(prime, vocab.decode(seq), total, hit) for seq, total, hit in done[:num_samples]]

@@ -107,3 +107,57 @@ def test_reference_training_end_to_end_and_resume(tmp_path: Path, corpus_file: P
     losses = [(r["step"], r["train_loss"]) for r in read_metrics(part) if "train_loss" in r]
     expected = [(r["step"], r["train_loss"]) for r in read_metrics(whole) if "train_loss" in r]
     assert losses == expected
+
+
+def test_sampling_runs_the_reference_cells_themselves(tmp_path: Path, corpus_file: Path) -> None:
+    """A reset-before GRU samples through its own forward, never the reset-after fast path."""
+    from charlm.stepper import ModelStepper, make_stepper
+
+    extra = {"model.cell": "gru", "model.impl": "reference", "model.gru_reset": "before"}
+    run = tmp_path / "run"
+    train(tiny_config(corpus_file, **{**extra, "train.max_steps": 10}), run)
+    loaded = load_model(run, "cpu")
+    assert isinstance(make_stepper(loaded.model), ModelStepper)
+    greedy = "".join(generate(loaded.model, loaded.vocab, "The", 25, temperature=0.0))
+    text = "The"
+    with torch.no_grad():
+        for _ in range(25):
+            ids = torch.tensor(loaded.vocab.encode(text), dtype=torch.long)[None]
+            text += loaded.vocab.chars[int(loaded.model(ids)[0][0, -1].argmax())]
+    assert greedy == text[3:]
+
+
+def test_cli_impl_flag_gives_the_same_loss_and_refuses_fused_for_reset_before(
+    tmp_path: Path, corpus_file: Path
+) -> None:
+    import json
+
+    from conftest import tiny_overrides
+    from typer.testing import CliRunner
+
+    from charlm.cli import app
+
+    runner = CliRunner()
+    run = tmp_path / "lstm"
+    assert (
+        runner.invoke(
+            app, ["train", *tiny_overrides(corpus_file), "--out", str(run), "-q"]
+        ).exit_code
+        == 0
+    )
+    fused = json.loads(runner.invoke(app, ["eval", str(run), "--json"]).stdout)
+    ref = json.loads(runner.invoke(app, ["eval", str(run), "--json", "--impl", "reference"]).stdout)
+    assert ref["loss"] == pytest.approx(fused["loss"], rel=1e-5)
+    a = runner.invoke(app, ["sample", str(run), "-n", "30", "--seed", "2"]).stdout
+    b = runner.invoke(
+        app, ["sample", str(run), "-n", "30", "--seed", "2", "--impl", "reference"]
+    ).stdout
+    assert a == b and len(a) == 30
+
+    before = tmp_path / "before"
+    extra = {"model.cell": "gru", "model.impl": "reference", "model.gru_reset": "before"}
+    args = ["train", *tiny_overrides(corpus_file, **extra), "--out", str(before), "-q"]
+    assert runner.invoke(app, args).exit_code == 0
+    for command in (["eval", str(before)], ["sample", str(before), "-n", "5"]):
+        refused = runner.invoke(app, [*command, "--impl", "fused"])
+        assert refused.exit_code == 1 and "reset-before GRU" in refused.stderr

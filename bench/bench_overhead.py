@@ -1,0 +1,111 @@
+"""Does charlm's trainer cost anything over a minimal PyTorch loop at the same model and batch?
+
+Both sides train the same model (embedding -> nn.LSTM/nn.GRU -> linear) on the same corpus with
+contiguous streams and the state carried, AdamW, clipping. The minimal loop does nothing else;
+charlm runs its whole `train()` (logging, interval evals, checkpoints, divergence guard), and its
+chars/s counts all of that except the final evaluation. Rounds alternate between the two so a
+noisy machine slows both alike; the table gives each round and the median ratio.
+
+    python bench/bench_overhead.py [CORPUS] [--steps 300] [--rounds 3] [--cell lstm]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from charlm.config import load_config
+from charlm.train import train
+from charlm.vocab import Vocab
+
+DEFAULT_CORPUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
+
+
+def minimal_loop(text: str, cell: str, steps: int, batch: int, seq: int, seed: int) -> float:
+    """The plainest correct loop: returns training characters per second."""
+    torch.manual_seed(seed)
+    vocab = Vocab.from_text(text)
+    ids = torch.from_numpy(vocab.encode(text).astype(np.int64))
+    train_ids = ids[: int(len(ids) * 0.9)]
+    stream_len = len(train_ids) // batch
+    streams = train_ids[: batch * stream_len].view(batch, stream_len)
+    emb = nn.Embedding(len(vocab), 64)
+    rnn = (nn.LSTM if cell == "lstm" else nn.GRU)(64, 256, 2, batch_first=True)
+    head = nn.Linear(256, len(vocab))
+    params = [*emb.parameters(), *rnn.parameters(), *head.parameters()]
+    opt = torch.optim.AdamW(params, lr=3e-3, betas=(0.9, 0.99), weight_decay=0.0)
+    state = None
+    start = time.perf_counter()
+    for step in range(steps):
+        p = (step * seq) % (stream_len - seq - 1)
+        x, y = streams[:, p : p + seq], streams[:, p + 1 : p + seq + 1]
+        out, state = rnn(emb(x), state)
+        state = tuple(s.detach() for s in state) if cell == "lstm" else state.detach()
+        loss = F.cross_entropy(head(out).reshape(-1, len(vocab)), y.reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+    return steps * batch * seq / (time.perf_counter() - start)
+
+
+def charlm_run(corpus: Path, cell: str, steps: int, batch: int, seq: int, seed: int) -> float:
+    config = load_config(
+        None,
+        [
+            f"data.corpus={corpus}",
+            f"model.cell={cell}",
+            f"train.batch_size={batch}",
+            f"train.seq_len={seq}",
+            f"train.max_steps={steps}",
+            "train.eval_interval=200",
+            "train.eval_chars=100000",
+            "train.checkpoint_interval=500",
+            f"train.seed={seed}",
+            "train.device=cpu",
+        ],
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        return train(config, Path(tmp) / "run").chars_per_s
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("corpus", nargs="?", type=Path, default=DEFAULT_CORPUS)
+    parser.add_argument("--cell", choices=["lstm", "gru"], default="lstm")
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--seq", type=int, default=128)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    text = args.corpus.read_text(encoding="utf-8")
+    rows = []
+    for r in range(args.rounds):
+        plain = minimal_loop(text, args.cell, args.steps, args.batch, args.seq, r)
+        ours = charlm_run(args.corpus, args.cell, args.steps, args.batch, args.seq, r)
+        rows.append((plain, ours))
+    print("| round | minimal loop chars/s | charlm chars/s | ratio |")
+    print("| ---: | ---: | ---: | ---: |")
+    for i, (plain, ours) in enumerate(rows, 1):
+        print(f"| {i} | {plain:,.0f} | {ours:,.0f} | {ours / plain:.3f} |")
+    ratio = statistics.median(o / p for p, o in rows)
+    print(f"| median | | | **{ratio:.3f}** |")
+    print(
+        f"\n{args.cell} 2x256, batch {args.batch}, seq {args.seq}, {args.steps} steps per side, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""Sampling speed: charlm's sampler against a plain PyTorch loop, in characters per second.
+
+The plain loop is what one writes first: embedding -> nn.LSTM/GRU -> linear -> softmax ->
+torch.multinomial, one model call per character with the hidden state carried. charlm's figure is
+the public API (`generate` at batch 1, `generate_batch` above), characters included. Weights are
+random: speed does not depend on training. Each figure is the median of --repeats runs, and the
+two are measured alternately so background load hits both alike.
+
+    python bench/bench_sample.py [CORPUS] [--chars 2000] [--repeats 5] [--threads N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from charlm.config import ModelConfig  # noqa: E402 (after the path line, to bench this checkout)
+from charlm.model import CharLM  # noqa: E402
+from charlm.sample import generate_batch  # noqa: E402
+from charlm.vocab import Vocab  # noqa: E402
+
+CASES = [  # (cell, layers, hidden, batch)
+    ("lstm", 2, 256, 1),
+    ("lstm", 2, 256, 32),
+    ("lstm", 2, 512, 1),
+    ("gru", 2, 256, 1),
+    ("gru", 2, 256, 32),
+]
+
+
+@torch.inference_mode()
+def plain_loop(model: CharLM, vocab: Vocab, batch: int, chars: int) -> float:
+    """Characters per second (all streams) of the straightforward one-call-per-step loop."""
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.zeros(batch, 1, dtype=torch.long)
+    state = None
+    start = time.perf_counter()
+    for _ in range(chars):
+        logits, state = model(ids, state)
+        probs = torch.softmax(logits[:, -1], dim=-1)
+        ids = torch.multinomial(probs, 1, generator=gen)
+        "".join(vocab.chars[i] for i in ids.view(-1).tolist())
+    return batch * chars / (time.perf_counter() - start)
+
+
+def charlm_sampler(model: CharLM, vocab: Vocab, batch: int, chars: int) -> float:
+    """Characters per second (all streams) of charlm's sampler, characters as they come."""
+    start = time.perf_counter()
+    for _ in generate_batch(model, vocab, "", chars, seed=0, num_samples=batch):
+        pass
+    return batch * chars / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "corpus",
+        nargs="?",
+        default=str(ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"),
+        help="Text whose characters make the vocabulary (default: tinyshakespeare).",
+    )
+    parser.add_argument("--chars", type=int, default=2000, help="Characters per stream per run.")
+    parser.add_argument("--repeats", type=int, default=5, help="Runs per figure (median shown).")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads.")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    vocab = Vocab.from_text(Path(args.corpus).read_text(encoding="utf-8"))
+    print(
+        f"vocab {len(vocab)}, embedding 64, {args.chars} chars per stream, median of "
+        f"{args.repeats}, {torch.get_num_threads()} thread(s), torch {torch.__version__}\n"
+    )
+    print("| cell | layers x hidden | batch | plain loop chars/s | charlm chars/s | speed-up |")
+    print("| --- | --- | ---: | ---: | ---: | ---: |")
+    for cell, layers, hidden, batch in CASES:
+        torch.manual_seed(0)
+        config = ModelConfig(cell=cell, embedding_dim=64, hidden_size=hidden, num_layers=layers)
+        model = CharLM(config, len(vocab)).eval()
+        plain_loop(model, vocab, batch, 50)  # warm-up
+        charlm_sampler(model, vocab, batch, 50)
+        plain, fast = [], []
+        for _ in range(args.repeats):
+            plain.append(plain_loop(model, vocab, batch, args.chars))
+            fast.append(charlm_sampler(model, vocab, batch, args.chars))
+        p, f = statistics.median(plain), statistics.median(fast)
+        print(
+            f"| {cell} | {layers} x {hidden} | {batch} | {p:,.0f} | {f:,.0f} | {f / p:.1f}x |",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,332 @@
+"""Decoding beyond the basics: nucleus/top-k sets, Gumbel draws, beam search, stop strings,
+batched-equals-single, log-likelihoods, the fast steppers, and the sample CLI's new options."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch import nn
+from typer.testing import CliRunner
+
+from charlm.cli import app, prompt_loop
+from charlm.config import ModelConfig
+from charlm.errors import CharlmError
+from charlm.model import CharLM
+from charlm.sample import (
+    beam_search,
+    filter_logits,
+    generate,
+    generate_batch,
+    parse_stops,
+    sample_batch,
+)
+from charlm.stepper import GRUStepper, LSTMStepper, ModelStepper, make_stepper
+from charlm.vocab import Vocab
+
+VOCAB = Vocab(tuple("\nabcdefg"))
+
+
+class TableModel(nn.Module):
+    """A stand-in with the CharLM interface: logits depend only on the last id (a Markov chain).
+
+    The state is the one-hot of the last id, shaped [1, batch, vocab] like a one-layer RNN's.
+    """
+
+    def __init__(self, table: torch.Tensor) -> None:
+        super().__init__()
+        self.table = nn.Parameter(table.clone(), requires_grad=False)
+
+    def forward(self, ids: torch.Tensor, state: object = None) -> tuple[torch.Tensor, tuple]:
+        last = nn.functional.one_hot(ids[:, -1], self.table.shape[0]).float()
+        return self.table[ids], (last.unsqueeze(0),)
+
+
+def fixed_model(logits: list[float]) -> TableModel:
+    """The same next-character logits after every character."""
+    return TableModel(torch.tensor([logits] * len(logits)))
+
+
+def random_model(cell: str, layers: int = 2, seed: int = 0) -> CharLM:
+    torch.manual_seed(seed)
+    model = CharLM(ModelConfig(cell=cell, embedding_dim=8, hidden_size=16, num_layers=layers), 8)
+    return model.eval()
+
+
+# ------------------------------------------------------------------------ top-k, top-p, Gumbel
+CRAFTED = [3.0, 2.6, 2.2, 1.0, 0.5, 0.0, -1.0, -2.0]
+
+
+def nucleus(logits: list[float], top_p: float) -> set[int]:
+    """The smallest set of likeliest ids with at least top_p mass, computed independently."""
+    weights = [math.exp(x) for x in logits]
+    probs = [w / sum(weights) for w in weights]
+    kept, mass = set(), 0.0
+    for i in sorted(range(len(probs)), key=lambda i: -probs[i]):
+        kept.add(i)
+        mass += probs[i]
+        if mass >= top_p:
+            return kept
+    return kept
+
+
+@pytest.mark.parametrize(("top_k", "top_p"), [(3, None), (None, 0.8), (5, 0.6), (1, None)])
+def test_top_k_top_p_samples_stay_in_the_kept_set(top_k: int | None, top_p: float | None) -> None:
+    temperature = 3.0  # flattens the distribution, so a leaky filter would show at once
+    logits = CRAFTED[:-1]  # for ids 1..7; id 0 (the newline) gets -1e9 and is never drawn
+    kept = nucleus([x / temperature for x in logits], top_p or 1.0)  # filters act after T
+    if top_k is not None:
+        kept &= set(range(top_k))
+    model = fixed_model([-1e9, *logits])
+    text = "".join(generate(model, VOCAB, "", 3000, temperature, top_k, top_p, seed=1))
+    emitted = {VOCAB.chars.index(c) - 1 for c in text}
+    assert emitted == kept
+    assert len(kept) < len(logits)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.floats(-20, 20), min_size=2, max_size=30, unique=True),
+    st.integers(1, 30),
+    st.floats(0.01, 1.0),
+)
+def test_filter_logits_keeps_exactly_the_defined_sets(
+    values: list[float], top_k: int, top_p: float
+) -> None:
+    logits = torch.tensor([values], dtype=torch.float64)
+    kept_k = ~torch.isinf(filter_logits(logits, top_k, None))[0]
+    assert int(kept_k.sum()) == min(top_k, len(values))
+    assert logits[0][kept_k].min() >= logits[0][~kept_k].max() if (~kept_k).any() else True
+    kept_p = ~torch.isinf(filter_logits(logits, None, top_p))[0]
+    probs = torch.softmax(logits[0], -1)
+    mass = float(probs[kept_p].sum())
+    assert mass >= top_p - 1e-9
+    assert mass - float(probs[kept_p].min()) < top_p  # dropping any kept id falls short
+
+
+def test_gumbel_draws_follow_the_softmax() -> None:
+    logits = [0.0, 1.0, 0.2, -0.5, 0.7, -1.0, 0.3, 0.0]
+    model = fixed_model(logits)
+    n = 6000
+    text = "".join(generate(model, VOCAB, "", n, temperature=0.8, seed=7))
+    probs = torch.softmax(torch.tensor(logits) / 0.8, -1).tolist()
+    for i, p in enumerate(probs):
+        freq = text.count(VOCAB.chars[i]) / n
+        assert abs(freq - p) < 4 * math.sqrt(p * (1 - p) / n) + 1e-3, (i, freq, p)
+
+
+# ------------------------------------------------------------------------------- beam search
+def test_beam_finds_the_best_sequence_greedy_misses() -> None:
+    # After the start (\n): a 0.6, b 0.4. After a: a uniform next character. After b: c ~0.99.
+    v = len(VOCAB)
+    table = torch.full((v, v), -1e9)
+    table[0, 1], table[0, 2] = math.log(0.6), math.log(0.4)
+    table[1, 1:] = 0.0
+    table[2:, :] = -20.0
+    table[2:, 3] = 0.0
+    model = TableModel(table)
+    greedy = "".join(generate(model, VOCAB, "", 2, temperature=0))
+    assert greedy[0] == "a"
+    (best,) = beam_search(model, VOCAB, "", 2, beam=2)
+    assert best.text == "bc"
+    assert best.logprob == pytest.approx(math.log(0.4) + math.log(0.99999), abs=1e-4)
+    two = beam_search(model, VOCAB, "", 2, beam=2, num_samples=2)
+    assert two[0].text == "bc" and two[1].text.startswith("a")
+    assert two[0].logprob > two[1].logprob
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_beam_of_one_is_greedy(cell: str) -> None:
+    model = random_model(cell)
+    greedy = "".join(generate(model, VOCAB, "ab", 60, temperature=0))
+    (one,) = beam_search(model, VOCAB, "ab", 60, beam=1)
+    assert one.text == greedy
+    wide = beam_search(model, VOCAB, "ab", 60, beam=4)[0]
+    assert wide.logprob >= one.logprob - 1e-9  # a wider beam never does worse here
+
+
+def test_beam_with_stop_ranks_by_log_likelihood_per_character() -> None:
+    model = random_model("lstm", seed=3)
+    found = beam_search(model, VOCAB, "a", 40, beam=4, num_samples=4, stop=["c"])
+    scores = [s.logprob / s.chars for s in found]
+    assert scores == sorted(scores, reverse=True)
+    for s in found:
+        assert s.stop is None or (s.text.endswith("c") and s.text.count("c") == 1)
+
+
+def test_beam_rejects_sampling_options() -> None:
+    model = random_model("lstm")
+    with pytest.raises(CharlmError, match="--num-samples 3 with --beam 2"):
+        beam_search(model, VOCAB, "", 5, beam=2, num_samples=3)
+    with pytest.raises(CharlmError, match="--beam 0"):
+        beam_search(model, VOCAB, "", 5, beam=0)
+
+
+# ------------------------------------------------------------------------------ stop strings
+def test_parse_stops_understands_escapes() -> None:
+    assert parse_stops(["\\n", "a\\tb", "\\\\n", "x\\q"]) == ("\n", "a\tb", "\\n", "x\\q")
+    with pytest.raises(CharlmError, match="--stop"):
+        parse_stops([""])
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_stop_strings_cut_exactly_after_the_first_match(seed: int) -> None:
+    model = random_model("gru", seed=seed)
+    full = "".join(generate(model, VOCAB, "a", 300, seed=seed))
+    stops = ["ab", "\n", "gg"]
+    cut = min((full.find(s) + len(s) for s in stops if s in full), default=len(full))
+    stopped = "".join(generate(model, VOCAB, "a", 300, seed=seed, stop=stops))
+    assert stopped == full[:cut]
+    never = "".join(generate(model, VOCAB, "a", 300, seed=seed, stop=["zz"]))
+    assert never == full  # a stop that never appears: exactly --length characters
+
+
+def test_stops_end_each_batched_sample_on_its_own() -> None:
+    model = random_model("lstm", seed=4)
+    samples = sample_batch(model, VOCAB, "b", 200, seed=11, num_samples=5, stop=["e"])
+    for s in samples:
+        assert (s.stop == "e") == s.text.endswith("e")
+        assert "e" not in s.text[:-1]
+    rows = list(generate_batch(model, VOCAB, "b", 200, seed=11, num_samples=5, stop=["e"]))
+    assert ["".join(col) for col in zip(*rows, strict=True)] == [s.text for s in samples]
+
+
+# ----------------------------------------------------------------- batches, seeds, likelihoods
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_batched_samples_equal_single_samples_seeded_seed_plus_i(cell: str) -> None:
+    model = random_model(cell)
+    batch = sample_batch(model, VOCAB, "ca", 120, 0.9, top_k=6, seed=40, num_samples=4)
+    for i, s in enumerate(batch):
+        (alone,) = sample_batch(model, VOCAB, "ca", 120, 0.9, top_k=6, seed=40 + i)
+        assert s.text == alone.text
+        assert s.logprob == pytest.approx(alone.logprob, rel=1e-5)
+    assert len({s.text for s in batch}) == 4
+
+
+@pytest.mark.parametrize(("temperature", "top_p"), [(1.0, None), (0.5, 0.9), (0.0, None)])
+def test_logprob_is_the_unmodified_model_likelihood(temperature: float, top_p: float) -> None:
+    model = random_model("lstm", seed=5)
+    (s,) = sample_batch(model, VOCAB, "fa", 50, temperature, top_p=top_p, seed=2)
+    ids = torch.from_numpy(VOCAB.encode("fa" + s.text).astype("int64"))[None]
+    with torch.no_grad():
+        logp = torch.log_softmax(model(ids)[0][0, 1:-1].double(), -1)
+    expected = logp.gather(1, ids[0, 2:, None]).sum().item()
+    assert s.logprob == pytest.approx(expected, abs=1e-4)
+    assert s.logprob_per_char == pytest.approx(expected / 50, abs=1e-5)
+
+
+# ----------------------------------------------------------------------------- fast steppers
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+@pytest.mark.parametrize("layers", [1, 3])
+def test_fast_step_matches_the_model_forward(cell: str, layers: int) -> None:
+    model = random_model(cell, layers, seed=layers)
+    with torch.no_grad():  # biases are zero-ish at init; make every term matter
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    stepper = make_stepper(model)
+    assert isinstance(stepper, LSTMStepper if cell == "lstm" else GRUStepper)
+    ids = torch.randint(0, 8, (5, 30), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected, final = model(ids)
+        logits, state = stepper.start(ids[:, :7])
+        steps = [logits]
+        for t in range(7, 30):
+            logits, state = stepper.step(ids[:, t], state)
+            steps.append(logits)
+    torch.testing.assert_close(torch.stack(steps, 1), expected[:, 6:], rtol=1e-5, atol=1e-5)
+    for mine, theirs in zip(stepper.to_model_state(state), final, strict=True):
+        torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-5)
+
+
+def test_unknown_layouts_fall_back_to_calling_the_model() -> None:
+    assert isinstance(make_stepper(fixed_model(CRAFTED)), ModelStepper)
+    assert isinstance(make_stepper(random_model("lstm"), fast=False), ModelStepper)
+    model = random_model("gru")
+    fast = "".join(generate(model, VOCAB, "g", 80, seed=9))
+    model.config = replace(model.config, cell="some-new-cell")  # the fast path must not guess
+    assert isinstance(make_stepper(model), ModelStepper)
+    assert "".join(generate(model, VOCAB, "g", 80, seed=9)) == fast
+
+
+# ----------------------------------------------------------------------------------- the CLI
+runner = CliRunner()
+
+
+def test_cli_stop_json_and_contract(trained_run: Path) -> None:
+    run = str(trained_run)
+    threads = torch.get_num_threads()
+    plain_args = ["sample", run, "-p", "The ", "-n", "150", "-s", "3"]
+    plain = runner.invoke(app, plain_args)
+    assert plain.exit_code == 0 and plain.stdout.startswith("The ")
+    assert len(plain.stdout) == 4 + 150
+    stopped = runner.invoke(app, [*plain_args, "--stop", "\\n"])
+    assert stopped.exit_code == 0
+    cut = plain.stdout.index("\n", 4) + 1 if "\n" in plain.stdout[4:] else len(plain.stdout)
+    assert stopped.stdout == plain.stdout[:cut]
+    js = runner.invoke(app, ["sample", run, "-n", "40", "-s", "3", "--num-samples", "3", "--json"])
+    assert js.exit_code == 0
+    lines = [json.loads(line) for line in js.stdout.splitlines()]
+    assert [d["sample"] for d in lines] == [1, 2, 3]
+    for d in lines:
+        assert d["chars"] == len(d["text"]) == 40 and d["stop"] is None
+        assert d["logprob"] < 0 and d["logprob_per_char"] == pytest.approx(d["logprob"] / 40)
+    beams = runner.invoke(app, ["sample", run, "-n", "20", "--beam", "3", "--num-samples", "2"])
+    assert beams.exit_code == 0 and "----- sample 2 of 2 -----" in beams.stdout
+    assert torch.get_num_threads() == threads  # the one-thread setting does not leak
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--beam", "2", "-t", "0.5"], "drop --temperature"),
+        (["--beam", "2", "--top-k", "3", "--top-p", "0.5"], "drop --top-k, --top-p"),
+        (["--beam", "2", "--num-samples", "3"], "--num-samples <= --beam"),
+        (["--stop", ""], "--stop"),
+        (["--interactive", "--prime", "x"], "--prime with --interactive"),
+    ],
+)
+def test_cli_rejects_bad_combinations(trained_run: Path, args: list[str], words: str) -> None:
+    result = runner.invoke(app, ["sample", str(trained_run), *args])
+    assert result.exit_code == 1 and result.stdout == ""
+    assert words in result.stderr and "Traceback" not in result.stderr
+
+
+def test_cli_interactive_reads_primes_until_end_of_input(trained_run: Path) -> None:
+    args = ["sample", str(trained_run), "--interactive", "-n", "25", "-s", "5"]
+    result = runner.invoke(app, args, input="The \n\u2603\nA \nThe \n")
+    assert result.exit_code == 0, result.stderr
+    lines = result.stdout.split("\n")
+    assert len(lines) >= 4 and lines[-1] == ""  # every answer ends with a newline
+    answers = (
+        ["".join(generate(load.model, load.vocab, p, 25, seed=5)) for p in ("The ", "A ", "The ")]
+        if (load := _load(trained_run))
+        else []
+    )
+    assert result.stdout == "".join(a + "\n" for a in answers)
+    assert "not in the model's vocabulary" in result.stderr  # the snowman line, then it goes on
+
+
+def _load(run: Path) -> Any:
+    from charlm.checkpoint import load_model
+
+    return load_model(run, "cpu")
+
+
+def test_interactive_ends_cleanly_on_ctrl_c(monkeypatch: pytest.MonkeyPatch) -> None:
+    class Interrupting(io.StringIO):
+        def readline(self, *args: object) -> str:
+            raise KeyboardInterrupt
+
+    calls: list[str] = []
+    monkeypatch.setattr(sys, "stdin", Interrupting())
+    prompt_loop(lambda prime, echo_prime: calls.append(prime))  # returns: no exception
+    assert calls == []
