@@ -138,6 +138,13 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = field(
         default="auto", metadata=_help("`auto` takes CUDA when present.")
     )
+    precision: Literal["fp32", "bf16", "fp16"] = field(
+        default="fp32",
+        metadata=_help(
+            "Matrix products in `fp32`, or autocast to `bf16` or `fp16` (fp16 on CUDA only, "
+            "with a gradient scaler). Weights and optimizer state stay fp32."
+        ),
+    )
     tensorboard: bool = field(
         default=False,
         metadata=_help(

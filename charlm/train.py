@@ -58,6 +58,11 @@ from charlm.vocab import Vocab
 Event = dict[str, Any]
 Callback = Callable[[Event], None]
 ADAM_BETAS = (0.9, 0.99)
+PRECISIONS: dict[str, torch.dtype | None] = {
+    "fp32": None,
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+}
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 # Keys a resumed run may change: budgets (which extend or end the run) and the device (to resume a
 # GPU run on a CPU machine). Everything else is the recorded config, so the run stays one run.
@@ -240,6 +245,7 @@ class Trainer:
             self.model.parameters(), lr=t.lr, betas=ADAM_BETAS, weight_decay=t.weight_decay
         )
         self.state: State = self.model.init_state(self.local_batch, self.device)
+        self.scaler = self._precision_check()
         self.step = 0
         self.elapsed = 0.0
         self.best_val_loss = math.inf
@@ -293,6 +299,7 @@ class Trainer:
             "rng": _rng_record(),
             "torch_version": torch.__version__,
             "device": str(self.device),
+            "grad_scaler": None if self.scaler is None else self.scaler.state_dict(),
         }
         return tensors, record
 
@@ -328,6 +335,8 @@ class Trainer:
             if record.get("last_val"):
                 fields = ("loss", "bpc", "perplexity", "chars", "streams", "seconds")
                 self.last_val = EvalResult(**{k: record["last_val"][k] for k in fields})
+            if self.scaler is not None and record.get("grad_scaler"):
+                self.scaler.load_state_dict(record["grad_scaler"])
             _restore_rng(record["rng"], checkpoint.group("rng"))
             self._seed_dropout(self.step)
         except (KeyError, ValueError, TypeError, RuntimeError) as e:
@@ -376,28 +385,72 @@ class Trainer:
             for s, handler in previous.items():
                 signal.signal(s, handler if handler is not None else signal.SIG_DFL)
 
+    def _precision_check(self) -> torch.amp.GradScaler | None:
+        """Refuse a precision this device cannot train in, before any step; fp16's scaler."""
+        precision = self.config.train.precision
+        if precision == "fp16" and self.device.type != "cuda":
+            raise CharlmError(
+                "train.precision: 'fp16' needs a CUDA GPU (it trains with a gradient scaler "
+                "there); on the CPU use fp32 or bf16"
+            )
+        if precision == "bf16" and self.device.type == "cpu":
+            probe = CharLM(self.config.model, 2)
+            try:
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    probe(torch.zeros(1, 1, dtype=torch.long))
+            except RuntimeError:
+                raise CharlmError(
+                    "train.precision: 'bf16' is not supported by this CPU's fused "
+                    f"{self.config.model.cell.upper()} kernel (oneDNN needs AVX-512 BF16 for it);"
+                    " use fp32, or model.impl=reference"
+                ) from None
+        return torch.amp.GradScaler("cuda") if precision == "fp16" else None
+
     # -- one step ----------------------------------------------------------------------------
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """The forward pass's precision: plain fp32, or autocast to bf16 / fp16."""
+        dtype = PRECISIONS[self.config.train.precision]
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=dtype)
+
     def compute_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Forward one batch with the carried state; the mean next-character loss."""
-        logits, state = self.net(x, self.state)
+        with self.autocast():
+            logits, state = self.net(x, self.state)
         self.state = detach_state(state)
-        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), y.reshape(-1))
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Backward, clip and apply one update, unless the loss or gradient norm is not finite."""
+        """Backward, clip and apply one update, unless the loss or gradient norm is not finite.
+
+        With fp16 a gradient scaler multiplies the loss so small gradients survive; it skips a
+        step whose gradients overflowed and lowers its scale, so there only the loss decides
+        divergence.
+        """
         loss = self.compute_loss(x, y)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        scaler = self.scaler
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(self.optimizer)
+        else:
+            loss.backward()
         clip = self.config.train.grad_clip
         norm = torch.nn.utils.clip_grad_norm_(
             self.model.parameters(), clip if clip > 0 else math.inf
         )
-        finite = bool(torch.isfinite(loss.detach()) & torch.isfinite(norm))
+        finite_norm = torch.isfinite(norm) if scaler is None else torch.ones((), dtype=torch.bool)
+        finite = bool(torch.isfinite(loss.detach()) & finite_norm.to(loss.device))
         if self.dist.enabled:
             finite = self._agree(finite)
         if not finite:
             self._diverged(float(loss.detach()), float(norm))
-        self.optimizer.step()
+        if scaler is not None:
+            scaler.step(self.optimizer)
+            scaler.update()
+        else:
+            self.optimizer.step()
         return loss.detach()
 
     def _agree(self, finite: bool) -> bool:
