@@ -123,7 +123,10 @@ class TrainConfig:
     eval_interval: int = field(default=200, metadata=_help("Steps between val evaluations."))
     eval_chars: int | None = field(
         default=None,
-        metadata=_help("Cap interval evals to the first N val characters (the final is whole)."),
+        metadata=_help(
+            "Score evals, and pick the best checkpoint, on the first N val characters (empty: "
+            "all); the run's final score is always the whole val split."
+        ),
     )
     eval_streams: int = field(
         default=20, metadata=_help("Val is scored as this many contiguous segments side by side.")

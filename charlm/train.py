@@ -587,13 +587,20 @@ class Trainer:
                 self.window_loss.zero_()
                 self.window_steps, window_time = 0, 0.0
             if self.step % t.eval_interval == 0 or done:
-                result = self.evaluate(full=done)
+                # Every eval that picks the best checkpoint scores the same text (the first
+                # eval_chars of val), so the best is the best; the final score is whole-split.
+                result = self.evaluate(full=False)
                 self.last_val = result
                 row = row or {"step": self.step, "elapsed_s": round(self.elapsed, 3)}
                 row.update({"val_loss": result.loss, "val_bpc": result.bpc})
                 if result.loss < self.best_val_loss:
                     self.best_val_loss, self.best_step = result.loss, self.step
                     self.save(ckpt_dir / ckpt.BEST_NAME)
+                if done and t.eval_chars is not None and t.eval_chars < len(self.data.splits.val):
+                    self.last_val = self.evaluate(full=True)
+                    row.update(
+                        {"final_val_loss": self.last_val.loss, "final_val_bpc": self.last_val.bpc}
+                    )
             if row and self.dist.is_main:
                 metrics.write(row)
                 self.emit({"event": "log", **row})

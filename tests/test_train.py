@@ -117,3 +117,16 @@ def test_tiny_val_split_is_a_clear_error(tmp_path: Path) -> None:
     corpus.write_text("abcdefghij" * 100)
     with pytest.raises(CharlmError, match="val split has"):
         train(tiny_config(corpus, **{"data.val_fraction": 0.0005}), tmp_path / "run")
+
+
+def test_capped_evals_pick_the_best_on_one_measure(tmp_path: Path, corpus_file: Path) -> None:
+    """With eval_chars, every eval that competes for best scores the same text; the final
+    whole-split score is reported beside it, not mixed in."""
+    run = tmp_path / "run"
+    result = train(tiny_config(corpus_file, **{"train.eval_chars": 500}), run)
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    capped = [r["val_loss"] for r in rows if "val_loss" in r]
+    assert result.best_val_loss == min(capped)
+    last = rows[-1]
+    assert "final_val_loss" in last and last["final_val_loss"] == result.final_val.loss
+    assert result.final_val.chars == round(len(corpus_file.read_text()) * 0.1) - 1
