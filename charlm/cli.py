@@ -176,8 +176,14 @@ def train(
     table.add_row("time", f"{result.elapsed_s:.1f} s")
     table.add_row("chars/s", f"{result.chars_per_s:,.0f}")
     table.add_row("parameters", f"{result.parameters:,}")
-    table.add_row("final val bpc", f"{result.final_val.bpc:.4f} (loss {result.final_val.loss:.4f})")
-    table.add_row("best val bpc", f"{result.best_val_bpc:.4f} at step {result.best_step:,}")
+    final = result.final_val
+    table.add_row(
+        "final val bpc",
+        f"{final.bpc:.4f} (loss {final.loss:.4f}) on all {final.chars + 1:,} val chars",
+    )
+    table.add_row(
+        "best val bpc", f"{result.best_val_bpc:.4f} at step {result.best_step:,} (interval evals)"
+    )
     table.add_row("next", f"charlm sample {result.run_dir}")
     err.print(table)
 
