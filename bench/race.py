@@ -1,0 +1,132 @@
+"""The five-minute race: val loss after a fixed training time, charlm against a plain loop.
+
+The plain loop is the field's usual recipe, written out: embedding 64 -> nn.LSTM/nn.GRU 2x256 ->
+linear, contiguous streams with the state carried, Adam lr 3e-3 with cosine decay over the budget
+to lr/20, clip 1.0, batch 32, seq 128. It is scored at each mark (the clock paused while it is).
+charlm trains a preset (plus any overrides) with `train.max_time` = the budget, as a user would.
+Both are scored the same way: the first 100,000 characters of the val split (the last 10% of the
+corpus), as 20 streams with the hidden state carried, in nats per character.
+
+    python bench/race.py [CORPUS] --cell lstm --budget 300 --marks 60,120,300 \
+        [--preset configs/shakespeare-lstm.yaml] [--set train.lr=5e-3 ...] [--seeds 0,1,2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from charlm.config import load_config
+from charlm.evaluate import evaluate_ids
+from charlm.model import CharLM
+from charlm.runs import read_metrics
+from charlm.train import train
+from charlm.vocab import Vocab
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CORPUS = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
+VAL_CHARS, VAL_STREAMS = 100_000, 20
+
+
+def plain_loop(text: str, cell: str, budget: float, marks: list[float], seed: int) -> dict:
+    torch.manual_seed(seed)
+    vocab = Vocab.from_text(text)
+    ids = vocab.encode(text).astype(np.int64)
+    n_train = len(ids) - round(len(ids) * 0.1)
+    train_ids, val_ids = torch.from_numpy(ids[:n_train]), ids[n_train:][:VAL_CHARS]
+    config = load_config(None, [f"model.cell={cell}"])  # 64 -> 2x256 -> head, dropout 0
+    model = CharLM(config.model, len(vocab))
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    batch, seq = 32, 128
+    stream_len = len(train_ids) // batch
+    streams = train_ids[: batch * stream_len].view(batch, stream_len)
+    state, pos, steps, trained = None, 0, 0, 0.0
+    scores: dict[float, float] = {}
+    pending = sorted(marks)
+    while pending:
+        start = time.perf_counter()
+        lr = 3e-3 / 20 + (3e-3 - 3e-3 / 20) * 0.5 * (
+            1 + math.cos(math.pi * min(trained / budget, 1))
+        )
+        for g in opt.param_groups:
+            g["lr"] = lr
+        if pos + seq + 1 > stream_len:
+            pos, state = 0, None
+        x, y = streams[:, pos : pos + seq], streams[:, pos + 1 : pos + seq + 1]
+        pos += seq
+        logits, state = model(x, state)
+        state = tuple(s.detach() for s in state)
+        loss = F.cross_entropy(logits.reshape(-1, len(vocab)), y.reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        steps += 1
+        trained += time.perf_counter() - start
+        while pending and trained >= pending[0]:
+            scores[pending.pop(0)] = evaluate_ids(model, val_ids, VAL_STREAMS).loss
+            model.train()
+    return {"scores": scores, "steps": steps, "chars_per_s": steps * batch * seq / trained}
+
+
+def charlm_run(corpus: Path, preset: Path, sets: list[str], budget: float, seed: int) -> dict:
+    overrides = [
+        f"data.corpus={corpus}",
+        f"train.max_time={budget}",
+        "train.max_steps=null",
+        f"train.eval_chars={VAL_CHARS}",
+        f"train.eval_streams={VAL_STREAMS}",
+        f"train.seed={seed}",
+        "train.device=cpu",
+        *sets,
+    ]
+    config = load_config(preset, overrides)
+    with tempfile.TemporaryDirectory() as tmp:
+        result = train(config, Path(tmp) / "run")
+        last = [r for r in read_metrics(Path(tmp) / "run") if "val_loss" in r][-1]
+    return {"score": last["val_loss"], "steps": result.steps, "chars_per_s": result.chars_per_s}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("corpus", nargs="?", type=Path, default=DEFAULT_CORPUS)
+    parser.add_argument("--cell", choices=["lstm", "gru"], default="lstm")
+    parser.add_argument("--budget", type=float, default=300)
+    parser.add_argument("--marks", default="60,120,300")
+    parser.add_argument("--preset", type=Path, default=None)
+    parser.add_argument("--set", dest="sets", action="append", default=[])
+    parser.add_argument("--seeds", default="0")
+    parser.add_argument("--skip-plain", action="store_true")
+    args = parser.parse_args()
+    preset = args.preset or ROOT / "configs" / f"shakespeare-{args.cell}.yaml"
+    marks = [float(m) for m in args.marks.split(",") if float(m) <= args.budget]
+    text = args.corpus.read_text(encoding="utf-8")
+    print(f"| who | seed | budget s | steps | chars/s | val loss (nats/char) at {args.marks} s |")
+    print("| --- | ---: | ---: | ---: | ---: | --- |")
+    for seed in [int(s) for s in args.seeds.split(",")]:
+        if not args.skip_plain:
+            plain = plain_loop(text, args.cell, args.budget, marks, seed)
+            shown = ", ".join(f"{plain['scores'][m]:.3f}" for m in marks)
+            print(
+                f"| plain loop {args.cell} | {seed} | {args.budget:g} | {plain['steps']:,} | "
+                f"{plain['chars_per_s']:,.0f} | {shown} |",
+                flush=True,
+            )
+        ours = charlm_run(args.corpus, preset, args.sets, args.budget, seed)
+        label = f"charlm {preset.name} {' '.join(args.sets)}".strip()
+        print(
+            f"| {label} | {seed} | {args.budget:g} | {ours['steps']:,} | "
+            f"{ours['chars_per_s']:,.0f} | {ours['score']:.3f} (at {args.budget:g}) |",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
