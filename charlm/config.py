@@ -114,6 +114,8 @@ class TrainConfig:
     )
     warmup_steps: int = field(default=50, metadata=_help("Linear warm-up steps."))
     weight_decay: float = field(default=0.0, metadata=_help("AdamW weight decay."))
+    beta1: float = field(default=0.9, metadata=_help("AdamW's first-moment decay."))
+    beta2: float = field(default=0.99, metadata=_help("AdamW's second-moment decay."))
     max_steps: int | None = field(
         default=2000, metadata=_help("Step budget (empty: none). The first budget hit stops.")
     )
@@ -317,6 +319,8 @@ def validate(config: Config) -> Config:
     _check(0 <= t.min_lr_ratio <= 1, "train.min_lr_ratio", t.min_lr_ratio, "a number in [0, 1]")
     _check(t.warmup_steps >= 0, "train.warmup_steps", t.warmup_steps, ">= 0")
     _check(t.weight_decay >= 0, "train.weight_decay", t.weight_decay, ">= 0")
+    _check(0 <= t.beta1 < 1, "train.beta1", t.beta1, "a number in [0, 1)")
+    _check(0 <= t.beta2 < 1, "train.beta2", t.beta2, "a number in [0, 1)")
     _check(t.grad_clip >= 0, "train.grad_clip", t.grad_clip, ">= 0 (0 turns clipping off)")
     _check(t.seed >= 0, "train.seed", t.seed, ">= 0")
     if t.max_steps is not None:

@@ -57,7 +57,6 @@ from charlm.vocab import Vocab
 
 Event = dict[str, Any]
 Callback = Callable[[Event], None]
-ADAM_BETAS = (0.9, 0.99)
 PRECISIONS: dict[str, torch.dtype | None] = {
     "fp32": None,
     "bf16": torch.bfloat16,
@@ -242,7 +241,7 @@ class Trainer:
         if self.dist.enabled:
             self._seed_dropout(0)
         self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=t.lr, betas=ADAM_BETAS, weight_decay=t.weight_decay
+            self.model.parameters(), lr=t.lr, betas=(t.beta1, t.beta2), weight_decay=t.weight_decay
         )
         self.state: State = self.model.init_state(self.local_batch, self.device)
         self.scaler = self._precision_check()
