@@ -75,8 +75,17 @@ def cache_dir(data: DataConfig, source: CorpusSource) -> Path:
         return user_cache_dir()
     beside = spec if spec.is_dir() else spec.parent
     target = beside / CACHE_FOLDER
-    writable = os.access(target if target.is_dir() else beside, os.W_OK | os.X_OK)
-    return target if writable else user_cache_dir()
+    return target if _writable(target if target.is_dir() else beside) else user_cache_dir()
+
+
+def _writable(folder: Path) -> bool:
+    """Writable and not marked read-only. Root passes `os.access` everywhere, so a folder with no
+    write bit at all (a shared, read-only copy of someone's data) is left alone even then."""
+    try:
+        mode = folder.stat().st_mode
+    except OSError:
+        return False
+    return bool(mode & 0o222) and os.access(folder, os.W_OK | os.X_OK)
 
 
 def _identity(data: DataConfig, source: CorpusSource) -> dict[str, Any]:

@@ -383,3 +383,25 @@ def test_data_fetch_offline_is_one_clear_line(tmp_path: Path) -> None:
     assert "--url" in lines[0] and "Traceback" not in result.output
     unknown = runner.invoke(app, ["data", "fetch", "enwik8"])
     assert unknown.exit_code == 1 and "expected one of tinyshakespeare" in unknown.stderr
+
+
+def test_a_read_only_corpus_folder_is_left_alone_even_for_root(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No write bit on the corpus's folder: the cache goes to the user cache folder instead."""
+    from charlm.cache import cache_dir
+    from charlm.config import DataConfig
+    from charlm.corpus import corpus_source
+
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    corpus = folder / "text.txt"
+    corpus.write_text("hello world\n" * 50)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    data = DataConfig(corpus=str(corpus))
+    assert cache_dir(data, corpus_source(data)) == folder / ".charlm-cache"
+    folder.chmod(0o555)
+    try:
+        assert cache_dir(data, corpus_source(data)) == tmp_path / "xdg" / "charlm"
+    finally:
+        folder.chmod(0o755)
