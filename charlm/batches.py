@@ -48,7 +48,19 @@ class StreamPosition:
     index: int = 0
 
 
-class StreamBatcher:
+class PositionedBatcher:
+    """What both batchers save and restore: a position of two integers."""
+
+    position: StreamPosition
+
+    def state_dict(self) -> dict[str, int]:
+        return {"epoch": self.position.epoch, "index": self.position.index}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.position = StreamPosition(int(state["epoch"]), int(state["index"]))
+
+
+class StreamBatcher(PositionedBatcher):
     """Contiguous (x, y) batches of shape [batch_size, seq_len] with state carried across them."""
 
     def __init__(self, ids: np.ndarray, batch_size: int, seq_len: int, seed: int = 0) -> None:
@@ -90,14 +102,8 @@ class StreamBatcher:
         pos.index += 1
         return chunk[:, :-1], chunk[:, 1:], fresh
 
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.position.epoch, "index": self.position.index}
 
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.position = StreamPosition(int(state["epoch"]), int(state["index"]))
-
-
-class RandomBatcher:
+class RandomBatcher(PositionedBatcher):
     """(x, y) windows at seeded random places in the split, each read from a fresh state.
 
     Draw number k always takes the same windows (its generator is seeded by (seed, k)), so the
@@ -126,12 +132,6 @@ class RandomBatcher:
         chunk = torch.from_numpy(window.astype(np.int64))
         pos.index += 1
         return chunk[:, :-1], chunk[:, 1:], True
-
-    def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.position.epoch, "index": self.position.index}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.position = StreamPosition(int(state["epoch"]), int(state["index"]))
 
 
 def check_train_size(n_train: int, batch_size: int, seq_len: int, batching: str) -> None:
