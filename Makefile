@@ -30,6 +30,14 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow and not distributed"
 
+## bench: the quick benchmarks, a few minutes on a quiet machine (the race: bench/race.py).
+CORPUS ?= ../shared/data/tinyshakespeare.txt
+bench: $(STAMP)
+	$(BIN)/python bench/bench_overhead.py $(CORPUS) --steps 100 --rounds 3
+	$(BIN)/python bench/bench_sample.py $(CORPUS) --chars 500 --repeats 3
+	$(BIN)/python bench/bench_cells.py --steps 5
+	$(BIN)/python bench/bench_corpus.py --sizes 10 --repeats 1 --steps 10
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

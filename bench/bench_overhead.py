@@ -20,13 +20,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from common import DEFAULT_CORPUS, read_corpus
 from torch import nn
 
 from charlm.config import load_config
 from charlm.train import train
 from charlm.vocab import Vocab
-
-DEFAULT_CORPUS = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
 
 
 def minimal_loop(text: str, cell: str, steps: int, batch: int, seq: int, seed: int) -> float:
@@ -89,7 +88,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    text = args.corpus.read_text(encoding="utf-8")
+    text = read_corpus(args.corpus)
     rows = []
     for r in range(args.rounds):
         plain = minimal_loop(text, args.cell, args.steps, args.batch, args.seq, r)

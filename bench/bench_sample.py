@@ -4,7 +4,11 @@ The plain loop is what one writes first: embedding -> nn.LSTM/GRU -> linear -> s
 torch.multinomial, one model call per character with the hidden state carried. charlm's figure is
 the public API (`generate` at batch 1, `generate_batch` above), characters included. Weights are
 random: speed does not depend on training. Each figure is the median of --repeats runs, and the
-two are measured alternately so background load hits both alike.
+three are measured in turn so background load hits all alike. The fp16 column is charlm's
+`--precision fp16` (half-size weights in the products; logits within ~1e-3 of fp32).
+
+Threads are what `charlm sample` uses, for both loops alike: one at batch 1 (a single stream's
+products are too small to split), all of torch's at larger batches; --threads N fixes N for all.
 
     python bench/bench_sample.py [CORPUS] [--chars 2000] [--repeats 5] [--threads N]
 """
@@ -21,6 +25,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from common import DEFAULT_CORPUS, read_corpus  # noqa: E402
 
 from charlm.config import ModelConfig  # noqa: E402 (after the path line, to bench this checkout)
 from charlm.model import CharLM  # noqa: E402
@@ -51,10 +57,14 @@ def plain_loop(model: CharLM, vocab: Vocab, batch: int, chars: int) -> float:
     return batch * chars / (time.perf_counter() - start)
 
 
-def charlm_sampler(model: CharLM, vocab: Vocab, batch: int, chars: int) -> float:
+def charlm_sampler(
+    model: CharLM, vocab: Vocab, batch: int, chars: int, precision: str = "fp32"
+) -> float:
     """Characters per second (all streams) of charlm's sampler, characters as they come."""
     start = time.perf_counter()
-    for _ in generate_batch(model, vocab, "", chars, seed=0, num_samples=batch):
+    for _ in generate_batch(
+        model, vocab, "", chars, seed=0, num_samples=batch, precision=precision
+    ):
         pass
     return batch * chars / (time.perf_counter() - start)
 
@@ -64,35 +74,43 @@ def main() -> None:
     parser.add_argument(
         "corpus",
         nargs="?",
-        default=str(ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"),
+        type=Path,
+        default=DEFAULT_CORPUS,
         help="Text whose characters make the vocabulary (default: tinyshakespeare).",
     )
     parser.add_argument("--chars", type=int, default=2000, help="Characters per stream per run.")
     parser.add_argument("--repeats", type=int, default=5, help="Runs per figure (median shown).")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads.")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    vocab = Vocab.from_text(Path(args.corpus).read_text(encoding="utf-8"))
+    all_threads = torch.get_num_threads()
+    vocab = Vocab.from_text(read_corpus(args.corpus))
     print(
         f"vocab {len(vocab)}, embedding 64, {args.chars} chars per stream, median of "
-        f"{args.repeats}, {torch.get_num_threads()} thread(s), torch {torch.__version__}\n"
+        f"{args.repeats}, torch {torch.__version__}\n"
     )
-    print("| cell | layers x hidden | batch | plain loop chars/s | charlm chars/s | speed-up |")
-    print("| --- | --- | ---: | ---: | ---: | ---: |")
+    print(
+        "| cell | layers x hidden | batch | threads | plain loop chars/s | charlm chars/s "
+        "| charlm fp16 chars/s | speed-up (fp32, fp16) |"
+    )
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for cell, layers, hidden, batch in CASES:
+        threads = args.threads or (1 if batch == 1 else all_threads)
+        torch.set_num_threads(threads)
         torch.manual_seed(0)
         config = ModelConfig(cell=cell, embedding_dim=64, hidden_size=hidden, num_layers=layers)
         model = CharLM(config, len(vocab)).eval()
         plain_loop(model, vocab, batch, 50)  # warm-up
         charlm_sampler(model, vocab, batch, 50)
-        plain, fast = [], []
+        charlm_sampler(model, vocab, batch, 50, "fp16")
+        plain, fast, half = [], [], []
         for _ in range(args.repeats):
             plain.append(plain_loop(model, vocab, batch, args.chars))
             fast.append(charlm_sampler(model, vocab, batch, args.chars))
-        p, f = statistics.median(plain), statistics.median(fast)
+            half.append(charlm_sampler(model, vocab, batch, args.chars, "fp16"))
+        p, f, h = (statistics.median(x) for x in (plain, fast, half))
         print(
-            f"| {cell} | {layers} x {hidden} | {batch} | {p:,.0f} | {f:,.0f} | {f / p:.1f}x |",
+            f"| {cell} | {layers} x {hidden} | {batch} | {threads} | {p:,.0f} | {f:,.0f} | "
+            f"{h:,.0f} | {f / p:.1f}x, {h / p:.1f}x |",
             flush=True,
         )
 

@@ -8,13 +8,19 @@ Both are scored the same way: the first 100,000 characters of the val split (the
 corpus), as 20 streams with the hidden state carried, in nats per character.
 
     python bench/race.py [CORPUS] --cell lstm --budget 300 --marks 60,120,300 \
-        [--preset configs/shakespeare-lstm.yaml] [--set train.lr=5e-3 ...] [--seeds 0,1,2]
+        [--preset configs/shakespeare-lstm.yaml] [--set train.lr=5e-3 ...] [--seeds 0,1,2] \
+        [--charlm-marks]
+
+The plain loop's cosine runs over the whole budget and is scored at each mark on the way. charlm is
+trained once for the budget, or with --charlm-marks once per mark with `train.max_time` = that mark
+(what a user racing 60 s would do). With several seeds a last table gives each mean and spread.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -22,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from common import DEFAULT_CORPUS, ROOT, read_corpus
 
 from charlm.config import load_config
 from charlm.evaluate import evaluate_ids
@@ -30,8 +37,6 @@ from charlm.runs import read_metrics
 from charlm.train import train
 from charlm.vocab import Vocab
 
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_CORPUS = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
 VAL_CHARS, VAL_STREAMS = 100_000, 20
 
 
@@ -104,28 +109,44 @@ def main() -> None:
     parser.add_argument("--set", dest="sets", action="append", default=[])
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--skip-plain", action="store_true")
+    parser.add_argument("--charlm-marks", action="store_true", help="one charlm run per mark")
     args = parser.parse_args()
     preset = args.preset or ROOT / "configs" / f"shakespeare-{args.cell}.yaml"
     marks = [float(m) for m in args.marks.split(",") if float(m) <= args.budget]
-    text = args.corpus.read_text(encoding="utf-8")
+    text = read_corpus(args.corpus)
     print(f"| who | seed | budget s | steps | chars/s | val loss (nats/char) at {args.marks} s |")
     print("| --- | ---: | ---: | ---: | ---: | --- |")
-    for seed in [int(s) for s in args.seeds.split(",")]:
+    seeds = [int(s) for s in args.seeds.split(",")]
+    budgets = marks if args.charlm_marks else [args.budget]
+    label = f"charlm {preset.name} {' '.join(args.sets)}".strip()
+    results: dict[tuple[str, float], list[float]] = {}
+    for seed in seeds:
         if not args.skip_plain:
             plain = plain_loop(text, args.cell, args.budget, marks, seed)
+            for m in marks:
+                results.setdefault(("plain loop", m), []).append(plain["scores"][m])
             shown = ", ".join(f"{plain['scores'][m]:.3f}" for m in marks)
             print(
                 f"| plain loop {args.cell} | {seed} | {args.budget:g} | {plain['steps']:,} | "
                 f"{plain['chars_per_s']:,.0f} | {shown} |",
                 flush=True,
             )
-        ours = charlm_run(args.corpus, preset, args.sets, args.budget, seed)
-        label = f"charlm {preset.name} {' '.join(args.sets)}".strip()
-        print(
-            f"| {label} | {seed} | {args.budget:g} | {ours['steps']:,} | "
-            f"{ours['chars_per_s']:,.0f} | {ours['score']:.3f} (at {args.budget:g}) |",
-            flush=True,
-        )
+        for budget in budgets:
+            ours = charlm_run(args.corpus, preset, args.sets, budget, seed)
+            results.setdefault((label, budget), []).append(ours["score"])
+            print(
+                f"| {label} | {seed} | {budget:g} | {ours['steps']:,} | "
+                f"{ours['chars_per_s']:,.0f} | {ours['score']:.3f} (at {budget:g}) |",
+                flush=True,
+            )
+    if len(seeds) > 1:
+        print(f"\n| who | seconds | mean val loss over seeds {args.seeds} | min | max |")
+        print("| --- | ---: | ---: | ---: | ---: |")
+        for (who, at), scores in sorted(results.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+            print(
+                f"| {who} | {at:g} | {statistics.mean(scores):.3f} | {min(scores):.3f} | "
+                f"{max(scores):.3f} |"
+            )
 
 
 if __name__ == "__main__":
