@@ -335,22 +335,14 @@ def sample(
         help="Run the weights on `fused` (nn.LSTM/nn.GRU) or `reference` (charlm/cells.py) "
         "cells; default: the one the model was trained with.",
     ),
-    precision: str = typer.Option(
-        "fp32",
-        "--precision",
-        help="fp32 (exact), or fp16 / bf16 weights in each step's matrix products: about "
-        "twice as fast for one large model on the CPU, logits within ~1e-3.",
-    ),
 ) -> None:
     """Print the prime followed by exactly --length new characters to stdout, as they come."""
     from charlm.checkpoint import load_model
     from charlm.sample import check_options, parse_stops
-    from charlm.stepper import check_precision
     from charlm.vocab import check_unknown_policy
 
     stops = parse_stops(stop or [])
     check_options(length, temperature, top_k, top_p, num_samples, beam)
-    check_precision(precision)
     check_unknown_policy(unknown)
     if interactive and prime:
         raise CharlmError("--prime with --interactive: each line typed is the prime; drop --prime")
@@ -365,7 +357,6 @@ def sample(
         seed,
         num_samples,
         unknown,
-        precision,
     )
     write = functools.partial(write_samples, loaded, options, stops, beam, as_json)
     threads = torch.get_num_threads()
@@ -392,7 +383,6 @@ class SampleOptions(NamedTuple):
     seed: int | None
     num_samples: int
     unknown: str
-    precision: str
 
 
 def write_samples(
@@ -407,15 +397,13 @@ def write_samples(
     """Write the samples for one prime to stdout, streaming when there is a single sample."""
     from charlm.sample import beam_search, generate_batch, sample_batch
 
-    length, temperature, top_k, top_p, seed, num_samples, unknown, precision = options
+    length, temperature, top_k, top_p, seed, num_samples, unknown = options
     model, vocab = loaded.model, loaded.vocab
     out = sys.stdout
     shown = prime if echo_prime else ""
     if beam is not None or as_json:
         if beam is not None:
-            found = beam_search(
-                model, vocab, prime, length, beam, num_samples, stops, unknown, precision
-            )
+            found = beam_search(model, vocab, prime, length, beam, num_samples, stops, unknown)
         else:
             found = sample_batch(
                 model,
@@ -429,7 +417,6 @@ def write_samples(
                 num_samples,
                 stops,
                 unknown,
-                precision,
             )
         if as_json:
             for i, one in enumerate(found):
@@ -439,18 +426,7 @@ def write_samples(
         out.flush()
         return
     chars = generate_batch(
-        model,
-        vocab,
-        prime,
-        length,
-        temperature,
-        top_k,
-        top_p,
-        seed,
-        num_samples,
-        stops,
-        unknown=unknown,
-        precision=precision,
+        model, vocab, prime, length, temperature, top_k, top_p, seed, num_samples, stops, unknown
     )
     if num_samples == 1:
         out.write(shown)

@@ -25,7 +25,7 @@ from torch import nn
 
 from charlm.errors import CharlmError
 from charlm.model import CharLM
-from charlm.stepper import check_precision, make_stepper
+from charlm.stepper import make_stepper
 from charlm.vocab import Vocab
 
 
@@ -185,10 +185,8 @@ class Decoding:
         stop: Iterable[str] = (),
         score: bool = False,
         unknown: str = "error",
-        precision: str = "fp32",
     ) -> None:
         check_options(length, temperature, top_k, top_p, num_samples)
-        check_precision(precision)
         self.prime = prime
         self.prime_ids = encode_prime(vocab, prime, unknown)
         self.model = model
@@ -201,7 +199,6 @@ class Decoding:
         self.seeds = [(base + i) % 2**64 for i in range(num_samples)]
         self.stop = tuple(stop)
         self.score = score
-        self.precision = precision
         self.texts: list[list[str]] = [[] for _ in range(num_samples)]
         self.logprobs = [0.0] * num_samples
         self.stopped: list[str | None] = [None] * num_samples
@@ -217,7 +214,7 @@ class Decoding:
         model = self.model
         model.eval()
         device = next(model.parameters()).device
-        stepper = make_stepper(model, precision=self.precision)
+        stepper = make_stepper(model)
         n = len(self.seeds)
         gens = [torch.Generator().manual_seed(s) for s in self.seeds]
         inv_t = 1.0 / self.temperature if self.temperature > 0 else 0.0
@@ -314,14 +311,12 @@ def generate_batch(
     num_samples: int = 1,
     stop: Iterable[str] = (),
     unknown: str = "error",
-    precision: str = "fp32",
 ) -> Iterator[tuple[str, ...]]:
     """Yield one new character per sample per step, at most `length` times.
 
     Options and the prime are checked here, before the first character is asked for, so a caller
     can report a bad prime before printing anything. A sample stops after producing any string in
-    `stop` (the stop string is part of its text) and gives "" afterwards. `precision` bf16/fp16
-    runs the steps' matrix products with half-size weights (faster; see `make_stepper`).
+    `stop` (the stop string is part of its text) and gives "" afterwards.
     """
     decoding = Decoding(
         model,
@@ -335,7 +330,6 @@ def generate_batch(
         num_samples,
         stop,
         unknown=unknown,
-        precision=precision,
     )
     return iter(decoding)
 
@@ -352,7 +346,6 @@ def sample_batch(
     num_samples: int = 1,
     stop: Iterable[str] = (),
     unknown: str = "error",
-    precision: str = "fp32",
 ) -> list[Sample]:
     """The same samples `generate_batch` gives, finished, with their log-likelihoods."""
     decoding = Decoding(
@@ -368,7 +361,6 @@ def sample_batch(
         stop,
         True,
         unknown,
-        precision,
     )
     for _ in decoding:
         pass
@@ -386,11 +378,10 @@ def generate(
     seed: int | None = None,
     stop: Iterable[str] = (),
     unknown: str = "error",
-    precision: str = "fp32",
 ) -> Iterator[str]:
     """Yield the characters of one sample as they are produced (the prime is not repeated)."""
     chars = generate_batch(
-        model, vocab, prime, length, temperature, top_k, top_p, seed, 1, stop, unknown, precision
+        model, vocab, prime, length, temperature, top_k, top_p, seed, 1, stop, unknown
     )
     for (char,) in chars:
         yield char
@@ -406,7 +397,6 @@ def beam_search(
     num_samples: int = 1,
     stop: Iterable[str] = (),
     unknown: str = "error",
-    precision: str = "fp32",
 ) -> list[Sample]:
     """The `num_samples` likeliest continuations found by a beam of width `beam`, best first.
 
@@ -419,13 +409,12 @@ def beam_search(
     as the total. With `beam=1` this is greedy decoding. Deterministic: no randomness is used.
     """
     check_options(length, None, None, None, num_samples, beam)
-    check_precision(precision)
     prime_ids = encode_prime(vocab, prime, unknown)
     stops = tuple(stop)
     longest = max((len(s) for s in stops), default=0)
     model.eval()
     device = next(model.parameters()).device
-    stepper = make_stepper(model, precision=precision)
+    stepper = make_stepper(model)
     logits, state = stepper.start(torch.tensor([prime_ids], device=device))
     scores = torch.zeros(1, dtype=torch.float64, device=device)
     live: list[list[int]] = [[]]

@@ -30,15 +30,7 @@ from charlm.sample import (
     parse_stops,
     sample_batch,
 )
-from charlm.stepper import (
-    CastAffine,
-    GRUStepper,
-    LSTMStepper,
-    ModelStepper,
-    PackedFp16Affine,
-    fbgemm_fp16,
-    make_stepper,
-)
+from charlm.stepper import GRUStepper, LSTMStepper, ModelStepper, make_stepper
 from charlm.vocab import Vocab
 
 VOCAB = Vocab(tuple("\nabcdefg"))
@@ -253,45 +245,6 @@ def test_fast_step_matches_the_model_forward(cell: str, layers: int) -> None:
     torch.testing.assert_close(torch.stack(steps, 1), expected[:, 6:], rtol=1e-5, atol=1e-5)
     for mine, theirs in zip(stepper.to_model_state(state), final, strict=True):
         torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=1e-5)
-
-
-@pytest.mark.parametrize("cell", ["lstm", "gru"])
-@pytest.mark.parametrize("precision", ["fp16", "bf16"])
-def test_half_precision_steps_stay_close_to_fp32(cell: str, precision: str) -> None:
-    model = random_model(cell, 2, seed=4)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn_like(p) * 0.3)
-    exact, half = make_stepper(model), make_stepper(model, precision=precision)
-    kind = PackedFp16Affine if precision == "fp16" and fbgemm_fp16() else CastAffine
-    assert all(isinstance(a, kind) for layer in half.layers for a in layer)
-    ids = torch.randint(0, 8, (3, 40), generator=torch.Generator().manual_seed(1))
-    with torch.no_grad():
-        logits, state = exact.start(ids[:, :5])
-        h_logits, h_state = half.start(ids[:, :5])
-        worst = 0.0
-        for t in range(5, 40):
-            logits, state = exact.step(ids[:, t], state)
-            h_logits, h_state = half.step(ids[:, t], h_state)
-            worst = max(worst, (logits - h_logits).abs().max().item())
-    assert h_logits.dtype == torch.float32
-    # bf16 keeps 8 bits of mantissa, fp16 11: the logits (of size ~1-3) move by about that much.
-    assert 0 < worst < (0.1 if precision == "bf16" else 0.01)
-
-
-def test_half_precision_sampling_through_the_library_and_cli(trained_run: Path) -> None:
-    model = random_model("lstm", seed=2)
-    text = "".join(generate(model, VOCAB, "ab", 60, seed=5, precision="fp16"))
-    assert len(text) == 60 and set(text) <= set(VOCAB.chars)
-    (greedy,) = sample_batch(model, VOCAB, "ab", 30, 0.0, precision="fp16")
-    assert greedy.text == "".join(generate(model, VOCAB, "ab", 30, 0.0))  # margins >> 1e-3 here
-    with pytest.raises(CharlmError, match=r"--precision 'fp8': expected one of fp32, bf16, fp16"):
-        generate_batch(model, VOCAB, "ab", 10, precision="fp8")
-    result = runner.invoke(app, ["sample", str(trained_run), "-n", "80", "--precision", "fp16"])
-    assert result.exit_code == 0 and len(result.stdout) == 80
-    bad = runner.invoke(app, ["sample", str(trained_run), "--precision", "half"])
-    assert bad.exit_code == 1 and bad.stdout == ""
-    assert "--precision 'half'" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_unknown_layouts_fall_back_to_calling_the_model() -> None:
