@@ -13,7 +13,6 @@ Peak RSS comes from os.wait4 on that one child. Everything is deleted afterwards
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
@@ -84,7 +83,11 @@ def main() -> None:
     args = parser.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="charlm-bench-", dir=args.scratch))
     py = sys.executable
-    rows = []
+    print(
+        "| corpus MiB | id-cache build s (median) | MB/s (wall, cpu) | build peak RSS MiB "
+        f"| reuse s | reuse RSS MiB | {args.steps} train steps s | train RSS MiB |"
+    )
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |", flush=True)
     try:
         for size_mib in (int(s) for s in args.sizes.split(",")):
             corpus = scratch / f"corpus-{size_mib}mb.txt"
@@ -103,27 +106,18 @@ def main() -> None:
                  args.batching]
             )  # fmt: skip
             build = {k: statistics.median(b[k] for b in builds) for k in builds[0]}
-            row = {
-                "size_mib": size_mib,
-                "build_wall_s": round(build["wall_s"], 2),
-                "build_cpu_s": round(build["cpu_s"], 2),
-                "mb_per_s_wall": round(size_mib / build["wall_s"], 1),
-                "mb_per_s_cpu": round(size_mib / build["cpu_s"], 1),
-                "build_rss_mib": round(build["rss_mib"], 1),
-                "reuse_wall_s": round(reuse["wall_s"], 2),
-                "reuse_rss_mib": round(reuse["rss_mib"], 1),
-                "train_steps_wall_s": round(steps["wall_s"], 2),
-                "train_steps_rss_mib": round(steps["rss_mib"], 1),
-                "builds_wall_s": [round(b["wall_s"], 2) for b in builds],
-            }
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+            print(
+                f"| {size_mib:,} | {build['wall_s']:.2f} | {size_mib / build['wall_s']:.1f}, "
+                f"{size_mib / build['cpu_s']:.1f} | {build['rss_mib']:.0f} | {reuse['wall_s']:.2f} "
+                f"| {reuse['rss_mib']:.0f} | {steps['wall_s']:.2f} | {steps['rss_mib']:.0f} |",
+                flush=True,
+            )
             corpus.unlink()
             shutil.rmtree(cache_dir, ignore_errors=True)
             shutil.rmtree(run, ignore_errors=True)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    print(f"load average at the end: {os.getloadavg()}", flush=True)
+    print(f"\nload average at the end: {os.getloadavg()}", flush=True)
 
 
 if __name__ == "__main__":

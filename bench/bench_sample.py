@@ -4,8 +4,7 @@ The plain loop is what one writes first: embedding -> nn.LSTM/GRU -> linear -> s
 torch.multinomial, one model call per character with the hidden state carried. charlm's figure is
 the public API (`generate` at batch 1, `generate_batch` above), characters included. Weights are
 random: speed does not depend on training. Each figure is the median of --repeats runs, and the
-three are measured in turn so background load hits all alike. The fp16 column is charlm's
-`--precision fp16` (half-size weights in the products; logits within ~1e-3 of fp32).
+two are measured alternately so background load hits both alike.
 
 Threads are what `charlm sample` uses, for both loops alike: one at batch 1 (a single stream's
 products are too small to split), all of torch's at larger batches; --threads N fixes N for all.
@@ -57,14 +56,10 @@ def plain_loop(model: CharLM, vocab: Vocab, batch: int, chars: int) -> float:
     return batch * chars / (time.perf_counter() - start)
 
 
-def charlm_sampler(
-    model: CharLM, vocab: Vocab, batch: int, chars: int, precision: str = "fp32"
-) -> float:
+def charlm_sampler(model: CharLM, vocab: Vocab, batch: int, chars: int) -> float:
     """Characters per second (all streams) of charlm's sampler, characters as they come."""
     start = time.perf_counter()
-    for _ in generate_batch(
-        model, vocab, "", chars, seed=0, num_samples=batch, precision=precision
-    ):
+    for _ in generate_batch(model, vocab, "", chars, seed=0, num_samples=batch):
         pass
     return batch * chars / (time.perf_counter() - start)
 
@@ -90,9 +85,9 @@ def main() -> None:
     )
     print(
         "| cell | layers x hidden | batch | threads | plain loop chars/s | charlm chars/s "
-        "| charlm fp16 chars/s | speed-up (fp32, fp16) |"
+        "| speed-up |"
     )
-    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
     for cell, layers, hidden, batch in CASES:
         threads = args.threads or (1 if batch == 1 else all_threads)
         torch.set_num_threads(threads)
@@ -101,16 +96,14 @@ def main() -> None:
         model = CharLM(config, len(vocab)).eval()
         plain_loop(model, vocab, batch, 50)  # warm-up
         charlm_sampler(model, vocab, batch, 50)
-        charlm_sampler(model, vocab, batch, 50, "fp16")
-        plain, fast, half = [], [], []
+        plain, fast = [], []
         for _ in range(args.repeats):
             plain.append(plain_loop(model, vocab, batch, args.chars))
             fast.append(charlm_sampler(model, vocab, batch, args.chars))
-            half.append(charlm_sampler(model, vocab, batch, args.chars, "fp16"))
-        p, f, h = (statistics.median(x) for x in (plain, fast, half))
+        p, f = statistics.median(plain), statistics.median(fast)
         print(
             f"| {cell} | {layers} x {hidden} | {batch} | {threads} | {p:,.0f} | {f:,.0f} | "
-            f"{h:,.0f} | {f / p:.1f}x, {h / p:.1f}x |",
+            f"{f / p:.1f}x |",
             flush=True,
         )
 
