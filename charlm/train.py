@@ -255,6 +255,12 @@ class Trainer:
         self.window_loss = torch.zeros((), device=self.device)
         self.window_steps = 0
         self.last_checkpoint: Path | None = None
+        # On a GPU, reading the finiteness check every step would make the host wait for the
+        # device every step. There the first non-finite step (step, loss, norm) is recorded on
+        # the device instead and read where the loop waits anyway: metrics lines and saves.
+        # (Under DDP the processes agree on it every step in one collective, as before.)
+        self.deferred_check = self.device.type == "cuda" and not self.dist.enabled
+        self.first_bad = torch.zeros(3, dtype=torch.float64, device=self.device)
         self.stop_signal: int | None = None
         # Under torchrun: the signal and rank 0's clock as all processes agreed on them.
         self.agreed_signal: int | None = None
@@ -345,6 +351,7 @@ class Trainer:
 
     def save(self, path: Path) -> None:
         """Write a checkpoint (rank 0 writes; every process takes part in gathering it)."""
+        self.check_deferred()
         tensors, record = self.state_dict()
         if self.dist.is_main:
             ckpt.save_checkpoint(path, tensors, record)
@@ -440,11 +447,15 @@ class Trainer:
             self.model.parameters(), clip if clip > 0 else math.inf
         )
         finite_norm = torch.isfinite(norm) if scaler is None else torch.ones((), dtype=torch.bool)
-        finite = bool(torch.isfinite(loss.detach()) & finite_norm.to(loss.device))
-        if self.dist.enabled:
-            finite = self._agree(finite)
-        if not finite:
-            self._diverged(float(loss.detach()), float(norm))
+        finite_t = torch.isfinite(loss.detach()) & finite_norm.to(loss.device)
+        if self.deferred_check:
+            self._record_bad(finite_t, loss.detach(), norm.detach())
+        else:
+            finite = bool(finite_t)
+            if self.dist.enabled:
+                finite = self._agree(finite)
+            if not finite:
+                self._diverged(float(loss.detach()), float(norm))
         if scaler is not None:
             scaler.step(self.optimizer)
             scaler.update()
@@ -466,8 +477,27 @@ class Trainer:
             self.agreed_signal = int(sig)
         return not bad
 
-    def _diverged(self, loss: float, norm: float) -> None:
-        step = self.step + 1
+    def _record_bad(self, finite: torch.Tensor, loss: torch.Tensor, norm: torch.Tensor) -> None:
+        """Keep the first non-finite step's (step, loss, norm) on the device: no host sync."""
+        bad = ~finite & (self.first_bad[0] == 0)
+        step = torch.full((), self.step + 1, dtype=torch.float64, device=self.device)
+        now = torch.stack([step, loss.double(), norm.to(self.device).double()])
+        self.first_bad.copy_(torch.where(bad, now, self.first_bad))
+
+    def check_deferred(self) -> None:
+        """Stop with the divergence error if a step since the last check was not finite.
+
+        The steps after it were applied (with non-finite numbers), but nothing is saved before
+        this check, so the last good checkpoint is what remains, as with the per-step check.
+        """
+        if self.deferred_check:
+            step, loss, norm = self.first_bad.tolist()
+            if step:
+                self._diverged(loss, norm, int(step))
+
+    def _diverged(self, loss: float, norm: float, step: int | None = None) -> None:
+        found_later = step is not None
+        step = self.step + 1 if step is None else step
         last = self.last_checkpoint
         where = (
             f"last good checkpoint {last} (left untouched)"
@@ -484,9 +514,14 @@ class Trainer:
                 },
             )
         distributed.barrier(self.dist)
+        applied = (
+            f"noticed at step {self.step}, before anything was saved"
+            if found_later
+            else "the step was not applied"
+        )
         message = (
             f"training diverged at step {step}: loss {loss:.4g}, gradient norm {norm:.4g} "
-            f"(not finite); the step was not applied; {where}. Try a lower train.lr or a "
+            f"(not finite); {applied}; {where}. Try a lower train.lr or a "
             f"train.grad_clip > 0 in a new run"
         )
         if not self.dist.is_main:
@@ -558,6 +593,9 @@ class Trainer:
             if self.dist.enabled:
                 rows = self.dist.shard(t.batch_size)
                 x, y = x[rows], y[rows]
+            if self.device.type == "cuda":
+                # From page-locked memory the copies really are asynchronous.
+                x, y = x.pin_memory(), y.pin_memory()
             x = x.to(self.device, non_blocking=True)
             y = y.to(self.device, non_blocking=True)
             self.window_loss += self.train_step(x, y)
@@ -570,6 +608,7 @@ class Trainer:
             )
             row: dict[str, Any] = {}
             if self.step % t.log_interval == 0 or done:
+                self.check_deferred()
                 window_loss = distributed.mean_all(self.window_loss, self.dist)
                 train_loss = float(window_loss) / self.window_steps
                 row = {
@@ -588,6 +627,7 @@ class Trainer:
             if self.step % t.eval_interval == 0 or done:
                 # Every eval that picks the best checkpoint scores the same text (the first
                 # eval_chars of val), so the best is the best; the final score is whole-split.
+                self.check_deferred()
                 result = self.evaluate(full=False)
                 self.last_val = result
                 row = row or {"step": self.step, "elapsed_s": round(self.elapsed, 3)}

@@ -8,11 +8,13 @@ import errno
 import hashlib
 import io
 import json
+import math
 import os
 import pickle
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -169,6 +171,38 @@ def test_non_finite_step_is_not_applied_and_nothing_is_overwritten(
     loaded = ckpt.load_checkpoint(last_good)
     assert all(torch.isfinite(v).all() for v in loaded.group("model").values())
     assert json.loads((run / "summary.json").read_text())["status"] == "diverged"
+
+
+@pytest.mark.parametrize("kind", ["loss", "gradient"])
+def test_deferred_check_without_per_step_sync_stops_before_anything_bad_is_saved(
+    corpus_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    """The GPU's way (first bad step kept on the device, read at logs and saves), run on the CPU."""
+    real_init = Trainer.__init__
+
+    def init(self: Trainer, *args: Any, **kwargs: Any) -> None:
+        real_init(self, *args, **kwargs)
+        self.deferred_check = True
+
+    monkeypatch.setattr(Trainer, "__init__", init)
+    _poison(monkeypatch, 13, kind, {})
+    run = tmp_path / "run"
+    overrides = {**SHORT, "train.log_interval": 5}
+    with pytest.raises(TrainingDiverged) as info:
+        train(tiny_config(corpus_file, **overrides), run)
+    last_good = run / "checkpoints" / ckpt.step_name(10)
+    assert info.value.step == 13 and info.value.last_checkpoint == last_good
+    assert "diverged at step 13" in str(info.value) and "noticed at step 15" in str(info.value)
+    names = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert names == ["best.safetensors", ckpt.step_name(10)]
+    for name in names:
+        loaded = ckpt.load_checkpoint(run / "checkpoints" / name)
+        assert all(torch.isfinite(v).all() for v in loaded.group("model").values())
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "diverged" and summary["step"] == 13
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert all(math.isfinite(r.get("train_loss", 0.0)) for r in lines)
+    assert max(r.get("step", 0) for r in lines) == 10
 
 
 def test_divergence_through_the_cli_is_one_line_and_exit_1(
