@@ -257,7 +257,7 @@ class Trainer:
         self.last_checkpoint: Path | None = None
         # On a GPU, reading the finiteness check every step would make the host wait for the
         # device every step. There the first non-finite step (step, loss, norm) is recorded on
-        # the device instead and read where the loop waits anyway: metrics lines and saves.
+        # the device instead and read where the loop waits anyway: metrics lines, evals, saves.
         # (Under DDP the processes agree on it every step in one collective, as before.)
         self.deferred_check = self.device.type == "cuda" and not self.dist.enabled
         self.first_bad = torch.zeros(3, dtype=torch.float64, device=self.device)
@@ -514,14 +514,14 @@ class Trainer:
                 },
             )
         distributed.barrier(self.dist)
-        applied = (
+        outcome = (
             f"noticed at step {self.step}, before anything was saved"
             if found_later
             else "the step was not applied"
         )
         message = (
             f"training diverged at step {step}: loss {loss:.4g}, gradient norm {norm:.4g} "
-            f"(not finite); {applied}; {where}. Try a lower train.lr or a "
+            f"(not finite); {outcome}; {where}. Try a lower train.lr or a "
             f"train.grad_clip > 0 in a new run"
         )
         if not self.dist.is_main:
