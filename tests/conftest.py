@@ -14,8 +14,15 @@ import torch
 from charlm.config import Config, load_config
 
 # Tiny models gain nothing from a second thread, and OpenMP threads spin badly when the two
-# cores are shared with other work; one thread keeps the suite fast and steady.
+# cores are shared with other work; one thread keeps the suite fast and steady. Set at import for
+# module-scoped fixtures, and again before every test in case one changed it.
 torch.set_num_threads(1)
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> None:
+    torch.set_num_threads(1)
+
 
 SHAKESPEARE = Path(__file__).resolve().parents[2] / "shared" / "data" / "tinyshakespeare.txt"
 

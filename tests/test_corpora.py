@@ -250,7 +250,6 @@ RANDOM = {
 
 
 def test_random_batching_resumes_exactly(tmp_path: Path) -> None:
-    torch.set_num_threads(1)
     corpus = tmp_path / "c.txt"
     corpus.write_text(make_text(), encoding="utf-8")
     baseline, run = tmp_path / "baseline", tmp_path / "run"

@@ -12,7 +12,6 @@ import math
 import os
 import pickle
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,14 +28,6 @@ from charlm.train import Trainer, TrainingDiverged, resume, train
 
 runner = CliRunner()
 SHORT = {"train.max_steps": 25, "train.checkpoint_interval": 10, "train.eval_interval": 10}
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def cli(*args: str) -> tuple[int, str]:
