@@ -15,7 +15,7 @@ import contextlib
 import json
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,10 @@ CONFIG_NAME = "config.yaml"
 METRICS_NAME = "metrics.jsonl"
 SUMMARY_NAME = "summary.json"
 CHECKPOINT_DIR = "checkpoints"
+
+# What training and sweeps report as they go (progress, logs, checkpoints), for the CLI to show.
+Event = dict[str, Any]
+Callback = Callable[[Event], None]
 
 
 def default_run_dir(config_path: str | Path | None, root: str | Path = "runs") -> Path:

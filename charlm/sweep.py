@@ -22,7 +22,7 @@ import itertools
 import os
 import re
 import zlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,10 +36,16 @@ from charlm.config import (
     read_yaml,
 )
 from charlm.errors import CharlmError
-from charlm.runs import CHECKPOINT_DIR, RunInfo, is_run_dir, is_running, read_run, read_summary
+from charlm.runs import (
+    CHECKPOINT_DIR,
+    Callback,
+    RunInfo,
+    is_run_dir,
+    is_running,
+    read_run,
+    read_summary,
+)
 
-Event = dict[str, Any]
-Callback = Callable[[Event], None]
 TOP_LEVEL_KEYS = ("description", "base", "set", "grid", "runs")
 BUDGET_KEYS = ("train.max_steps", "train.max_time")
 COMPARE_PLOT = "compare.png"

@@ -14,7 +14,7 @@ import shlex
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -44,6 +44,7 @@ from charlm.runs import (
     CONFIG_NAME,
     METRICS_NAME,
     SUMMARY_NAME,
+    Callback,
     MetricsLog,
     check_resume_dir,
     check_run_dir,
@@ -55,8 +56,6 @@ from charlm.runs import (
 )
 from charlm.vocab import Vocab
 
-Event = dict[str, Any]
-Callback = Callable[[Event], None]
 PRECISIONS: dict[str, torch.dtype | None] = {
     "fp32": None,
     "bf16": torch.bfloat16,
