@@ -42,6 +42,14 @@ def make_text(n_chars: int = 40_000, seed: int = 0) -> str:
     return "".join(parts)[:n_chars]
 
 
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One synthetic corpus per test module, for module-scoped runs that tests share."""
+    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
+    path.write_text(make_text(), encoding="utf-8")
+    return path
+
+
 @pytest.fixture
 def corpus_file(tmp_path: Path) -> Path:
     path = tmp_path / "corpus.txt"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_text, tiny_config, tiny_overrides
+from conftest import tiny_config, tiny_overrides
 from typer.testing import CliRunner
 
 from charlm.checkpoint import load_checkpoint, step_checkpoints
@@ -71,13 +71,6 @@ def assert_close_weights(ours: Path, theirs: Path) -> None:
     assert a.keys() == b.keys()
     for name in b:
         assert torch.allclose(a[name], b[name], rtol=1e-4, atol=1e-6), name
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("ddp") / "corpus.txt"
-    path.write_text(make_text(), encoding="utf-8")
-    return path
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_text, tiny_config, tiny_overrides
+from conftest import tiny_config, tiny_overrides
 from typer.testing import CliRunner
 
 from charlm.checkpoint import load_checkpoint, step_checkpoints
@@ -59,13 +59,6 @@ from charlm.cli import main
 sys.argv = ["charlm", *sys.argv[4:]]
 main()
 """
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    path = tmp_path_factory.mktemp("corpus") / "corpus.txt"
-    path.write_text(make_text(), encoding="utf-8")
-    return path
 
 
 @pytest.fixture(scope="module")
