@@ -11,6 +11,7 @@ collective, so no process waits forever for one that left.
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import subprocess
@@ -105,8 +106,15 @@ def process_group() -> Iterator[Dist]:
     dist.init_process_group(backend="cpu:gloo,cuda:nccl" if gpus else "gloo")
     try:
         yield info
+        # Leave together: a process that exits while a peer still works can abort in gloo.
+        barrier(info)
     finally:
+        # The group must really go now, not at interpreter exit: a gloo group freed during
+        # shutdown can abort the process ("terminate called without an active exception")
+        # after a run that finished well. Whatever still holds it (DDP, cycles) is collected.
+        gc.collect()
         dist.destroy_process_group()
+        gc.collect()
 
 
 def place(device: torch.device, info: Dist) -> torch.device:

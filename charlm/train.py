@@ -555,8 +555,13 @@ class Trainer:
 
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.net = DistributedDataParallel(self.model, device_ids=ids)
-        with self.stop_signals():
-            return self._run()
+        try:
+            with self.stop_signals():
+                return self._run()
+        finally:
+            # DDP's reducer holds the process group; dropped here, the group can be torn down
+            # while Python is alive (see `distributed.process_group`).
+            self.net = self.model
 
     def _run(self) -> TrainResult:
         t = self.config.train
