@@ -7,6 +7,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CORPUS = ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"
+# How the race and the levers score a model: the first 100,000 val characters as 20 streams.
+VAL_CHARS, VAL_STREAMS = 100_000, 20
 
 
 def read_corpus(path: Path) -> str:

@@ -30,11 +30,9 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from common import DEFAULT_CORPUS, ROOT, read_corpus
+from common import DEFAULT_CORPUS, ROOT, VAL_CHARS, VAL_STREAMS, read_corpus
 
 from charlm.runs import read_metrics
-
-VAL_CHARS, VAL_STREAMS = 100_000, 20
 
 
 def run_one(corpus: Path, preset: Path, sets: list[str], steps: int, seed: int, tmp: Path) -> dict:

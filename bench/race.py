@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from common import DEFAULT_CORPUS, ROOT, read_corpus
+from common import DEFAULT_CORPUS, ROOT, VAL_CHARS, VAL_STREAMS, read_corpus
 
 from charlm.config import load_config
 from charlm.evaluate import evaluate_ids
@@ -36,8 +36,6 @@ from charlm.model import CharLM
 from charlm.runs import read_metrics
 from charlm.train import train
 from charlm.vocab import Vocab
-
-VAL_CHARS, VAL_STREAMS = 100_000, 20
 
 
 def plain_loop(text: str, cell: str, budget: float, marks: list[float], seed: int) -> dict:
