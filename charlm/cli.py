@@ -243,7 +243,8 @@ class ProgressView:
         if kind == "start":
             self.max_steps, self.max_time = event["max_steps"], event["max_time"]
             line = (
-                f"run {event['run_dir']} | {event['device']} | {event['parameters']:,} parameters"
+                f"run {event['run_dir']} | {event['device']} {event['precision']}"
+                f" | {event['parameters']:,} parameters"
                 f" | vocab {event['vocab_size']} | train {event['train_chars']:,} chars"
                 f" | val {event['val_chars']:,} chars"
             )

@@ -143,11 +143,13 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = field(
         default="auto", metadata=_help("`auto` takes CUDA when present.")
     )
-    precision: Literal["fp32", "bf16", "fp16"] = field(
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = field(
         default="fp32",
         metadata=_help(
             "Matrix products in `fp32`, or autocast to `bf16` or `fp16` (fp16 on CUDA only, "
-            "with a gradient scaler). Weights and optimizer state stay fp32."
+            "with a gradient scaler); `auto`: bf16 where the device runs the model in it "
+            "natively (a CUDA GPU with bf16, a CPU with AVX-512 BF16), else fp32. Weights and "
+            "optimizer state stay fp32."
         ),
     )
     tensorboard: bool = field(

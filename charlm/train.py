@@ -30,6 +30,7 @@ from charlm.cache import prepare_corpus, split_sizes
 from charlm.config import (
     BUILTIN_CORPUS,
     Config,
+    ModelConfig,
     apply_overrides,
     config_from_dict,
     config_to_dict,
@@ -204,6 +205,34 @@ def _restore_rng(record: dict[str, Any], tensors: dict[str, torch.Tensor]) -> No
                 torch.cuda.set_rng_state(tensors[f"cuda{i}"], i)
 
 
+def _bf16_forward_runs(model_config: ModelConfig, device: torch.device) -> bool:
+    """Whether a two-character model of this layout runs forward under bf16 autocast here."""
+    probe = CharLM(model_config, 2).to(device)
+    try:
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            probe(torch.zeros(1, 1, dtype=torch.long, device=device))
+    except RuntimeError:
+        return False
+    return True
+
+
+def native_bf16(device: torch.device, model_config: ModelConfig) -> bool:
+    """Whether `train.precision: auto` trains this model in bf16 on `device`.
+
+    Only where the hardware has bf16 arithmetic: there it measured faster at the same loss per
+    step (docs/benchmarks.md). Elsewhere oneDNN either refuses the fused cell or emulates bf16,
+    which is slower than fp32, so auto keeps fp32.
+    """
+    return _hardware_bf16(device) and _bf16_forward_runs(model_config, device)
+
+
+def _hardware_bf16(device: torch.device) -> bool:
+    """bf16 arithmetic in the hardware: a CUDA GPU's own, or oneDNN's AVX-512 BF16 / AMX."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 class Trainer:
     """One training run. Kept as a class only so its state can be saved from one place.
 
@@ -243,7 +272,7 @@ class Trainer:
             self.model.parameters(), lr=t.lr, betas=(t.beta1, t.beta2), weight_decay=t.weight_decay
         )
         self.state: State = self.model.init_state(self.local_batch, self.device)
-        self.scaler = self._precision_check()
+        self.precision, self.scaler = self._precision_check()
         self.step = 0
         self.elapsed = 0.0
         self.best_val_loss = math.inf
@@ -303,6 +332,7 @@ class Trainer:
             "rng": _rng_record(),
             "torch_version": torch.__version__,
             "device": str(self.device),
+            "precision": self.precision,
             "grad_scaler": None if self.scaler is None else self.scaler.state_dict(),
         }
         return tensors, record
@@ -390,31 +420,37 @@ class Trainer:
             for s, handler in previous.items():
                 signal.signal(s, handler if handler is not None else signal.SIG_DFL)
 
-    def _precision_check(self) -> torch.amp.GradScaler | None:
-        """Refuse a precision this device cannot train in, before any step; fp16's scaler."""
+    def _precision_check(self) -> tuple[str, torch.amp.GradScaler | None]:
+        """The precision this run trains in, refused up front if the device cannot; fp16's scaler.
+
+        `auto` resolves here, on this device, so a run resumed on another machine may change
+        precision; the checkpoint and summary record the one each stretch trained in.
+        """
         precision = self.config.train.precision
         if precision == "fp16" and self.device.type != "cuda":
             raise CharlmError(
                 "train.precision: 'fp16' needs a CUDA GPU (it trains with a gradient scaler "
                 "there); on the CPU use fp32 or bf16"
             )
-        if precision == "bf16" and self.device.type == "cpu":
-            probe = CharLM(self.config.model, 2)
-            try:
-                with torch.autocast("cpu", dtype=torch.bfloat16):
-                    probe(torch.zeros(1, 1, dtype=torch.long))
-            except RuntimeError:
-                raise CharlmError(
-                    "train.precision: 'bf16' is not supported by this CPU's fused "
-                    f"{self.config.model.cell.upper()} kernel (oneDNN needs AVX-512 BF16 for it);"
-                    " use fp32, or model.impl=reference"
-                ) from None
-        return torch.amp.GradScaler("cuda") if precision == "fp16" else None
+        if precision == "auto":
+            precision = "bf16" if native_bf16(self.device, self.config.model) else "fp32"
+        elif (
+            precision == "bf16"
+            and self.device.type == "cpu"
+            and not _bf16_forward_runs(self.config.model, self.device)
+        ):
+            raise CharlmError(
+                "train.precision: 'bf16' is not supported by this CPU's fused "
+                f"{self.config.model.cell.upper()} kernel (oneDNN needs AVX-512 BF16 for it);"
+                " use fp32, auto, or model.impl=reference"
+            )
+        scaler = torch.amp.GradScaler("cuda") if precision == "fp16" else None
+        return precision, scaler
 
     # -- one step ----------------------------------------------------------------------------
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         """The forward pass's precision: plain fp32, or autocast to bf16 / fp16."""
-        dtype = PRECISIONS[self.config.train.precision]
+        dtype = PRECISIONS[self.precision]
         if dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=dtype)
@@ -573,6 +609,7 @@ class Trainer:
                 "event": "start",
                 "run_dir": str(self.run_dir),
                 "device": str(self.device),
+                "precision": self.precision,
                 "parameters": self.model.num_parameters(),
                 "vocab_size": vocab_size,
                 "train_chars": len(self.data.splits.train),
@@ -696,6 +733,7 @@ class Trainer:
             "steps": result.steps,
             "elapsed_s": round(result.elapsed_s, 3),
             "chars_per_s": round(result.chars_per_s, 1),
+            "precision": self.precision,
             "parameters": result.parameters,
             "final_val": result.final_val.to_dict(),
             "best_val_loss": result.best_val_loss,

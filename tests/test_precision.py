@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -54,3 +55,45 @@ def test_bf16_on_the_fused_lstm_trains_or_says_why(tmp_path: Path, corpus_file: 
         assert not (tmp_path / "r").exists()
     else:
         assert result.steps == 40
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_auto_precision_follows_the_hardware_and_is_recorded(
+    tmp_path: Path, corpus_file: Path, monkeypatch: pytest.MonkeyPatch, native: bool
+) -> None:
+    import charlm.train as train_module
+
+    monkeypatch.setattr(train_module, "native_bf16", lambda device, model: native)
+    extra = {"train.precision": "auto", "train.max_steps": 10, "train.eval_interval": 10}
+    result = train(tiny_config(corpus_file, **extra), tmp_path / "run")
+    want = "bf16" if native else "fp32"
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    record = load_checkpoint(result.best_checkpoint).record
+    assert (summary["precision"], record["precision"]) == (want, want)
+    assert record["config"]["train"]["precision"] == "auto"  # what the user asked for stays
+    assert record["grad_scaler"] is None  # auto never picks fp16
+
+
+def test_auto_on_the_cpu_is_bf16_exactly_where_onednn_has_native_bf16(
+    tmp_path: Path, corpus_file: Path
+) -> None:
+    config = tiny_config(corpus_file, **{"train.precision": "auto"})
+    trainer = Trainer(config, tmp_path)
+    native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    assert trainer.precision == ("bf16" if native else "fp32")
+    x = torch.zeros(2, 4, dtype=torch.long)
+    with trainer.autocast():
+        logits, _ = trainer.model(x)
+    assert logits.dtype == (torch.bfloat16 if native else torch.float32)
+
+
+def test_auto_keeps_fp32_where_the_bf16_forward_fails(
+    tmp_path: Path, corpus_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A CPU that reports bf16 but whose kernel refuses it still trains, in fp32."""
+    import charlm.train as train_module
+
+    monkeypatch.setattr(train_module, "_hardware_bf16", lambda device: True)
+    monkeypatch.setattr(train_module, "_bf16_forward_runs", lambda config, device: False)
+    trainer = Trainer(tiny_config(corpus_file, **{"train.precision": "auto"}), tmp_path)
+    assert trainer.precision == "fp32"
