@@ -13,7 +13,8 @@ corpus), as 20 streams with the hidden state carried, in nats per character.
 
 The plain loop's cosine runs over the whole budget and is scored at each mark on the way. charlm is
 trained once for the budget, or with --charlm-marks once per mark with `train.max_time` = that mark
-(what a user racing 60 s would do). With several seeds a last table gives each mean and spread.
+(what a user racing 60 s would do), or once per --charlm-budgets entry (to add marks to a race
+whose full-budget charlm runs exist). With several seeds a last table gives each mean and spread.
 """
 
 from __future__ import annotations
@@ -108,6 +109,9 @@ def main() -> None:
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--skip-plain", action="store_true")
     parser.add_argument("--charlm-marks", action="store_true", help="one charlm run per mark")
+    parser.add_argument(
+        "--charlm-budgets", default=None, help="charlm's budgets, e.g. 60,120 (overrides marks)"
+    )
     args = parser.parse_args()
     preset = args.preset or ROOT / "configs" / f"shakespeare-{args.cell}.yaml"
     marks = [float(m) for m in args.marks.split(",") if float(m) <= args.budget]
@@ -116,6 +120,8 @@ def main() -> None:
     print("| --- | ---: | ---: | ---: | ---: | --- |")
     seeds = [int(s) for s in args.seeds.split(",")]
     budgets = marks if args.charlm_marks else [args.budget]
+    if args.charlm_budgets:
+        budgets = [float(b) for b in args.charlm_budgets.split(",")]
     label = f"charlm {preset.name} {' '.join(args.sets)}".strip()
     results: dict[tuple[str, float], list[float]] = {}
     for seed in seeds:
