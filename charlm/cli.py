@@ -798,7 +798,10 @@ def _print_info(report: dict[str, Any]) -> None:
         best = bpc(summary["best_val_bpc"])
         table.add_row("best val bpc", f"{best} at step {summary['best_step']:,}")
         table.add_row("last val bpc", bpc(summary["last_val_bpc"]))
-        table.add_row("trained on", f"{summary['device']} (torch {summary['torch_version']})")
+        table.add_row(
+            "trained on",
+            f"{summary['device']}, {summary['precision']} (torch {summary['torch_version']})",
+        )
         if report.get("resume"):
             table.add_row("resume", report["resume"])
         out.print(table)

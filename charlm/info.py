@@ -57,6 +57,9 @@ def _summary(path: Path, record: dict[str, Any]) -> dict[str, Any]:
         "best_step": record.get("best_step"),
         "last_val_bpc": last.get("bpc"),
         "device": record.get("device"),
+        # What the run trained in (`auto` resolved); older checkpoints only have the config's.
+        "precision": record.get("precision")
+        or ((record.get("config") or {}).get("train") or {}).get("precision", "fp32"),
         "torch_version": record.get("torch_version"),
         "config": record.get("config"),
     }

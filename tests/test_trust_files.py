@@ -323,6 +323,7 @@ def test_info_json_reports_the_run(trained_run: Path) -> None:
     assert summary["best_val_bpc"] == pytest.approx(record["best_val_loss"] / 0.6931471805599453)
     assert summary["last_val_bpc"] == record["last_val"]["bpc"]
     assert summary["config"]["train"]["max_steps"] == 60
+    assert summary["precision"] == record["precision"] == "fp32"
     assert report["resume"] == f"charlm train --resume {trained_run}"
     files = {Path(e["file"]).name: e for e in report["checkpoints"]}
     assert "best.safetensors" in files and newest.name in files
