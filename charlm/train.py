@@ -207,7 +207,8 @@ def _restore_rng(record: dict[str, Any], tensors: dict[str, torch.Tensor]) -> No
 
 def _bf16_forward_runs(model_config: ModelConfig, device: torch.device) -> bool:
     """Whether a two-character model of this layout runs forward under bf16 autocast here."""
-    probe = CharLM(model_config, 2).to(device)
+    with torch.random.fork_rng(devices=[]):  # the probe's weights leave the run's RNG as it was
+        probe = CharLM(model_config, 2).to(device)
     try:
         with torch.autocast(device.type, dtype=torch.bfloat16):
             probe(torch.zeros(1, 1, dtype=torch.long, device=device))

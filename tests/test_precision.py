@@ -97,3 +97,11 @@ def test_auto_keeps_fp32_where_the_bf16_forward_fails(
     monkeypatch.setattr(train_module, "_bf16_forward_runs", lambda config, device: False)
     trainer = Trainer(tiny_config(corpus_file, **{"train.precision": "auto"}), tmp_path)
     assert trainer.precision == "fp32"
+
+
+def test_resolving_auto_leaves_the_random_streams_alone(tmp_path: Path, corpus_file: Path) -> None:
+    """The probe model auto builds must not shift dropout or sampling randomness."""
+    Trainer(tiny_config(corpus_file, **{"train.precision": "fp32"}), tmp_path / "a")
+    after_fp32 = torch.get_rng_state()
+    Trainer(tiny_config(corpus_file, **{"train.precision": "auto"}), tmp_path / "b")
+    assert torch.equal(torch.get_rng_state(), after_fp32)
