@@ -1,0 +1,119 @@
+"""The GRU's training path on the CPU: nn.GRU's equations with a hand-written backward.
+
+Why: on the CPU torch's LSTM is a oneDNN sequence kernel, but its GRU is a loop of small ops whose
+backward is autograd replaying every step (about twenty graph nodes per step and layer), and
+under bf16 autocast only its products speed up. This layer runs the same reset-after equations
+
+    r, z = sigmoid(W_ir x + b_ir + W_hr h + b_hr), sigmoid(W_iz x + b_iz + W_hz h + b_hz)
+    n = tanh(W_in x + b_in + r * (W_hn h + b_hn));   h' = (1 - z) * n + z * h
+
+with the input products done for the whole sequence at once, one recurrent product per step, the
+step's gate values kept, and a backward that walks the steps with four or five calls each and
+forms the weight gradients as one product over the whole sequence. Under bf16 autocast the
+products run in bf16 while the state and the gates stay in fp32, as oneDNN's LSTM does.
+
+It reads the parameters of an `nn.GRU` (same names, shapes and gate order), so models, state
+dicts and checkpoints are untouched; `CharLM.forward` uses it only to train on the CPU.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def gru_sequence(rnn: nn.GRU, x: Tensor, h0: Tensor) -> tuple[Tensor, Tensor]:
+    """nn.GRU's forward (batch_first) for x [batch, time, input], h0 [layers, batch, hidden]."""
+    mm_dtype = torch.float32
+    if torch.is_autocast_enabled("cpu"):
+        mm_dtype = torch.get_autocast_dtype("cpu")
+    seq = x.transpose(0, 1)  # time-major, so each step's rows are contiguous
+    finals = []
+    for k in range(rnn.num_layers):
+        if k > 0 and rnn.dropout > 0:
+            seq = F.dropout(seq, rnn.dropout, rnn.training)
+        w_ih, w_hh = getattr(rnn, f"weight_ih_l{k}"), getattr(rnn, f"weight_hh_l{k}")
+        b_ih, b_hh = getattr(rnn, f"bias_ih_l{k}", None), getattr(rnn, f"bias_hh_l{k}", None)
+        if b_hh is None:
+            b_hh = w_hh.new_zeros(w_hh.shape[0])
+        gi = F.linear(seq, w_ih, b_ih)  # [time, batch, 3 * hidden], bf16 under autocast
+        seq, last = _GRULayer.apply(gi, h0[k].float(), w_hh, b_hh, mm_dtype)
+        finals.append(last)
+    return seq.transpose(0, 1), torch.stack(finals)
+
+
+class _GRULayer(torch.autograd.Function):
+    """One layer over the whole sequence, given its input products gi = W_i x + b_i."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any, gi: Tensor, h0: Tensor, w_hh: Tensor, b_hh: Tensor, mm_dtype: torch.dtype
+    ) -> tuple[Tensor, Tensor]:
+        with torch.autocast("cpu", enabled=False):
+            steps, batch, gates = gi.shape
+            hidden = gates // 3
+            low = mm_dtype != torch.float32  # products in bf16/fp16, everything else in fp32
+            w_t = w_hh.t().to(mm_dtype)
+            b = b_hh.to(mm_dtype)
+            ctx.gi_dtype = gi.dtype
+            gi = gi.float()  # once here, so no step mixes dtypes (a mixed op copies)
+            hs = h0.new_empty(steps + 1, batch, hidden)  # h_0 .. h_T
+            hs[0] = h0
+            rz = h0.new_empty(steps, batch, 2 * hidden)  # sigmoid outputs r | z
+            n = h0.new_empty(steps, batch, hidden)
+            gh = h0.new_empty(steps, batch, gates)  # W_h h + b_h per step
+            gi_rz, gi_n = gi[..., : 2 * hidden].unbind(0), gi[..., 2 * hidden :].unbind(0)
+            gh_rz, gh_n = gh[..., : 2 * hidden].unbind(0), gh[..., 2 * hidden :].unbind(0)
+            r, z = rz[..., :hidden].unbind(0), rz[..., hidden:].unbind(0)
+            n_t, h_t, gh_t, rz_t = n.unbind(0), hs.unbind(0), gh.unbind(0), rz.unbind(0)
+            for t in range(steps):
+                h = h_t[t]
+                if low:
+                    gh_t[t].copy_(torch.addmm(b, h.to(mm_dtype), w_t))
+                else:
+                    torch.addmm(b, h, w_t, out=gh_t[t])
+                torch.add(gi_rz[t], gh_rz[t], out=rz_t[t]).sigmoid_()
+                torch.addcmul(gi_n[t], r[t], gh_n[t], out=n_t[t]).tanh_()
+                torch.addcmul(n_t[t], z[t], h - n_t[t], out=h_t[t + 1])
+        ctx.mm_dtype = mm_dtype
+        ctx.save_for_backward(hs, rz, n, gh, w_hh)
+        return hs[1:], hs[steps]
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx: Any, d_out: Tensor, d_last: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, None]:
+        hs, rz, n, gh, w_hh = ctx.saved_tensors
+        mm_dtype = ctx.mm_dtype
+        with torch.autocast("cpu", enabled=False):
+            steps, batch, hidden = n.shape
+            r, z = rz[..., :hidden], rz[..., hidden:]
+            # With dh the gradient reaching h_t, the pre-activation gradients are dh times
+            # per-step factors, computed here for all steps at once:
+            #   d pre_n = dh (1 - z)(1 - n^2) = dh a;   d pre_z = dh (h_{t-1} - n) z (1 - z)
+            #   d pre_r = d pre_n (W_hn h + b_hn) r (1 - r);   d (W_hn h + b_hn) = d pre_n r
+            a = (1 - z).mul_(1 - n * n)
+            factors = hs.new_empty(steps, batch, 3, hidden)  # d gh = dh * factors (r, z, n)
+            torch.mul(a, r, out=factors[:, :, 2])
+            torch.mul(factors[:, :, 2], gh[..., 2 * hidden :], out=factors[:, :, 0]).mul_(1 - r)
+            torch.sub(hs[:-1], n, out=factors[:, :, 1]).mul_(z).mul_(1 - z)
+            dh_all = hs.new_empty(steps, batch, hidden)  # total gradient reaching each h_t
+            dgh = hs.new_empty(steps, batch, 3, hidden, dtype=mm_dtype)
+            w = w_hh.to(mm_dtype)
+            d_out = d_out.float()
+            carry = d_last.float()
+            for t in range(steps - 1, -1, -1):
+                dh = torch.add(d_out[t], carry, out=dh_all[t])
+                torch.mul(dh.unsqueeze(1), factors[t], out=dgh[t])
+                back = torch.mm(dgh[t].view(batch, 3 * hidden), w)  # through W_h h
+                carry = torch.addcmul(back.float(), dh, z[t])  # plus through z * h
+            flat = dgh.view(steps * batch, 3 * hidden)
+            d_w = (flat.t() @ hs[:-1].reshape(steps * batch, hidden).to(mm_dtype)).float()
+            d_b = flat.sum(0, dtype=torch.float32)
+            d_gi = hs.new_empty(steps, batch, 3 * hidden, dtype=ctx.gi_dtype)
+            d_gi[..., : 2 * hidden] = dgh[:, :, :2].flatten(2)
+            torch.mul(dh_all, a, out=d_gi[..., 2 * hidden :])
+        return d_gi, carry, d_w, d_b, None
