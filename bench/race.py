@@ -33,10 +33,35 @@ from common import DEFAULT_CORPUS, ROOT, VAL_CHARS, VAL_STREAMS, read_corpus
 
 from charlm.config import load_config
 from charlm.evaluate import evaluate_ids
-from charlm.model import CharLM
+from charlm.model import State
 from charlm.runs import read_metrics
 from charlm.train import train
 from charlm.vocab import Vocab
+
+
+class PlainLM(torch.nn.Module):
+    """Embedding -> nn.LSTM/nn.GRU -> linear, torch's modules as they come (no charlm kernels).
+
+    Built in CharLM's order, so a seed gives both the same initial weights."""
+
+    def __init__(self, cell: str, vocab_size: int) -> None:
+        super().__init__()
+        self.embed = torch.nn.Embedding(vocab_size, 64)
+        rnn = torch.nn.LSTM if cell == "lstm" else torch.nn.GRU
+        self.rnn = rnn(64, 256, 2, batch_first=True)
+        self.head = torch.nn.Linear(256, vocab_size)
+
+    def init_state(self, batch: int, device: torch.device) -> State:
+        count = 2 if isinstance(self.rnn, torch.nn.LSTM) else 1
+        return tuple(torch.zeros(2, batch, 256, device=device) for _ in range(count))
+
+    def forward(self, ids: torch.Tensor, state: State | None = None) -> tuple[torch.Tensor, State]:
+        if isinstance(self.rnn, torch.nn.LSTM):
+            out, new = self.rnn(self.embed(ids), state)
+        else:
+            out, h = self.rnn(self.embed(ids), None if state is None else state[0])
+            new = (h,)
+        return self.head(out), tuple(new)
 
 
 def plain_loop(text: str, cell: str, budget: float, marks: list[float], seed: int) -> dict:
@@ -45,8 +70,7 @@ def plain_loop(text: str, cell: str, budget: float, marks: list[float], seed: in
     ids = vocab.encode(text).astype(np.int64)
     n_train = len(ids) - round(len(ids) * 0.1)
     train_ids, val_ids = torch.from_numpy(ids[:n_train]), ids[n_train:][:VAL_CHARS]
-    config = load_config(None, [f"model.cell={cell}"])  # 64 -> 2x256 -> head, dropout 0
-    model = CharLM(config.model, len(vocab))
+    model = PlainLM(cell, len(vocab))
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     batch, seq = 32, 128
     stream_len = len(train_ids) // batch
