@@ -4,7 +4,8 @@ The plain loop is what one writes first: embedding -> nn.LSTM/GRU -> linear -> s
 torch.multinomial, one model call per character with the hidden state carried. charlm's figure is
 the public API (`generate` at batch 1, `generate_batch` above), characters included. Weights are
 random: speed does not depend on training. Each figure is the median of --repeats runs, and the
-two are measured alternately so background load hits both alike.
+three (plain, charlm, charlm with bf16 products) are measured in turn so background load hits
+all alike.
 
 Threads are what `charlm sample` uses, for both loops alike: one at batch 1 (a single stream's
 products are too small to split), all of torch's at larger batches; --threads N fixes N for all.
@@ -56,10 +57,14 @@ def plain_loop(model: CharLM, vocab: Vocab, batch: int, chars: int) -> float:
     return batch * chars / (time.perf_counter() - start)
 
 
-def charlm_sampler(model: CharLM, vocab: Vocab, batch: int, chars: int) -> float:
+def charlm_sampler(
+    model: CharLM, vocab: Vocab, batch: int, chars: int, precision: str = "fp32"
+) -> float:
     """Characters per second (all streams) of charlm's sampler, characters as they come."""
     start = time.perf_counter()
-    for _ in generate_batch(model, vocab, "", chars, seed=0, num_samples=batch):
+    for _ in generate_batch(
+        model, vocab, "", chars, seed=0, num_samples=batch, precision=precision
+    ):
         pass
     return batch * chars / (time.perf_counter() - start)
 
@@ -85,9 +90,9 @@ def main() -> None:
     )
     print(
         "| cell | layers x hidden | batch | threads | plain loop chars/s | charlm chars/s "
-        "| speed-up |"
+        "| speed-up | charlm --precision bf16 chars/s |"
     )
-    print("| --- | --- | ---: | ---: | ---: | ---: | ---: |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for cell, layers, hidden, batch in CASES:
         threads = args.threads or (1 if batch == 1 else all_threads)
         torch.set_num_threads(threads)
@@ -96,14 +101,16 @@ def main() -> None:
         model = CharLM(config, len(vocab)).eval()
         plain_loop(model, vocab, batch, 50)  # warm-up
         charlm_sampler(model, vocab, batch, 50)
-        plain, fast = [], []
+        charlm_sampler(model, vocab, batch, 50, "bf16")
+        plain, fast, low = [], [], []
         for _ in range(args.repeats):
             plain.append(plain_loop(model, vocab, batch, args.chars))
             fast.append(charlm_sampler(model, vocab, batch, args.chars))
-        p, f = statistics.median(plain), statistics.median(fast)
+            low.append(charlm_sampler(model, vocab, batch, args.chars, "bf16"))
+        p, f, b = statistics.median(plain), statistics.median(fast), statistics.median(low)
         print(
             f"| {cell} | {layers} x {hidden} | {batch} | {threads} | {p:,.0f} | {f:,.0f} | "
-            f"{f / p:.1f}x |",
+            f"{f / p:.1f}x | {b:,.0f} |",
             flush=True,
         )
 

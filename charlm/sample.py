@@ -25,7 +25,7 @@ from torch import nn
 
 from charlm.errors import CharlmError
 from charlm.model import CharLM
-from charlm.stepper import make_stepper
+from charlm.stepper import PRECISIONS, make_stepper
 from charlm.vocab import Vocab
 
 
@@ -36,6 +36,7 @@ def check_options(
     top_p: float | None,
     num_samples: int = 1,
     beam: int | None = None,
+    precision: str = "fp32",
 ) -> None:
     """Reject decoding options that make no sense, naming the option.
 
@@ -57,6 +58,8 @@ def check_options(
         raise CharlmError(f"--top-p {top_p}: expected a number in (0, 1]")
     if num_samples < 1:
         raise CharlmError(f"--num-samples {num_samples}: expected a whole number >= 1")
+    if precision not in PRECISIONS:
+        raise CharlmError(f"--precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
 
 
 def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:
@@ -185,8 +188,10 @@ class Decoding:
         stop: Iterable[str] = (),
         score: bool = False,
         unknown: str = "error",
+        precision: str = "fp32",
     ) -> None:
-        check_options(length, temperature, top_k, top_p, num_samples)
+        check_options(length, temperature, top_k, top_p, num_samples, precision=precision)
+        self.precision = precision
         self.prime = prime
         self.prime_ids = encode_prime(vocab, prime, unknown)
         self.model = model
@@ -214,7 +219,7 @@ class Decoding:
         model = self.model
         model.eval()
         device = next(model.parameters()).device
-        stepper = make_stepper(model)
+        stepper = make_stepper(model, precision=self.precision)
         n = len(self.seeds)
         gens = [torch.Generator().manual_seed(s) for s in self.seeds]
         inv_t = 1.0 / self.temperature if self.temperature > 0 else 0.0
@@ -311,6 +316,7 @@ def generate_batch(
     num_samples: int = 1,
     stop: Iterable[str] = (),
     unknown: str = "error",
+    precision: str = "fp32",
 ) -> Iterator[tuple[str, ...]]:
     """Yield one new character per sample per step, at most `length` times.
 
@@ -330,6 +336,7 @@ def generate_batch(
         num_samples,
         stop,
         unknown=unknown,
+        precision=precision,
     )
     return iter(decoding)
 
@@ -346,6 +353,7 @@ def sample_batch(
     num_samples: int = 1,
     stop: Iterable[str] = (),
     unknown: str = "error",
+    precision: str = "fp32",
 ) -> list[Sample]:
     """The same samples `generate_batch` gives, finished, with their log-likelihoods."""
     decoding = Decoding(
@@ -361,6 +369,7 @@ def sample_batch(
         stop,
         True,
         unknown,
+        precision,
     )
     for _ in decoding:
         pass
@@ -378,10 +387,11 @@ def generate(
     seed: int | None = None,
     stop: Iterable[str] = (),
     unknown: str = "error",
+    precision: str = "fp32",
 ) -> Iterator[str]:
     """Yield the characters of one sample as they are produced (the prime is not repeated)."""
     chars = generate_batch(
-        model, vocab, prime, length, temperature, top_k, top_p, seed, 1, stop, unknown
+        model, vocab, prime, length, temperature, top_k, top_p, seed, 1, stop, unknown, precision
     )
     for (char,) in chars:
         yield char
@@ -397,6 +407,7 @@ def beam_search(
     num_samples: int = 1,
     stop: Iterable[str] = (),
     unknown: str = "error",
+    precision: str = "fp32",
 ) -> list[Sample]:
     """The `num_samples` likeliest continuations found by a beam of width `beam`, best first.
 
@@ -408,13 +419,13 @@ def beam_search(
     without stop strings every hypothesis has `length` characters and this is the same ranking
     as the total. With `beam=1` this is greedy decoding. Deterministic: no randomness is used.
     """
-    check_options(length, None, None, None, num_samples, beam)
+    check_options(length, None, None, None, num_samples, beam, precision)
     prime_ids = encode_prime(vocab, prime, unknown)
     stops = tuple(stop)
     longest = max((len(s) for s in stops), default=0)
     model.eval()
     device = next(model.parameters()).device
-    stepper = make_stepper(model)
+    stepper = make_stepper(model, precision=precision)
     logits, state = stepper.start(torch.tensor([prime_ids], device=device))
     scores = torch.zeros(1, dtype=torch.float64, device=device)
     live: list[list[int]] = [[]]

@@ -4,14 +4,20 @@ At batch 1 a character costs a handful of small matrix-vector products, so the t
 per-call overhead rather than arithmetic: `nn.LSTM` at T=1 (argument checks, weight flattening,
 the packed-sequence machinery) plus embedding, dropout and head calls cost several times the math.
 The fast steppers here read the recurrent weights directly (`model.rnn.weight_ih_l{k}` etc.) and
-do each step with `addmm`, one `sigmoid` and a few element-wise calls:
+do each layer's step with one `addmm`, one `sigmoid` and a few element-wise calls:
 
 - Embedding followed by the first layer's input projection is a lookup table (vocab x gates), so
   layer 0 costs one row gather instead of an embedding plus a matrix product.
 - Both biases are folded in once (for the GRU, the hidden bias of the candidate gate stays inside
   the reset product, as in the reset-after form `nn.GRU` uses).
 - LSTM gate rows are reordered from i,f,g,o to i,f,o,g so one `sigmoid` covers three gates.
-- The state is kept as one tensor per layer, so no stacking or unbinding per step.
+- A layer's new h is multiplied once, by its own recurrent weights and the next layer's input
+  weights (or the head) side by side: one product per layer and step instead of two, and one
+  cast of h with bf16 weights. (In fp32 this timed about even with two products.) The
+  recurrent half is kept in the state for the next step.
+- The state is a flat list of tensors, so no stacking or unbinding per step.
+- With `precision="bf16"` the weights are stored in bf16 and each product runs in bf16 (about
+  twice fp32's rate with AVX-512 BF16 at batch 32); the sums, gates and state stay fp32.
 
 The prime is run through the model's own `forward` (one call for the whole prefix); only the
 per-character steps use the fast path. Any model the fast path does not understand (another cell,
@@ -20,6 +26,7 @@ bidirectional or projected layers, a stand-in module) falls back to calling `mod
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, Protocol
 
 import torch
@@ -46,56 +53,94 @@ class Stepper(Protocol):
         ...
 
 
-class ModelStepper:
-    """The generic path: call the model itself for every step."""
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
+"""Sampling precisions: the dtype of the matrix products (state and gates stay fp32)."""
 
-    def __init__(self, model: nn.Module) -> None:
+
+def _autocast(device: torch.device, dtype: torch.dtype | None) -> Any:
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype)
+
+
+class ModelStepper:
+    """The generic path: call the model itself for every step (under autocast for bf16)."""
+
+    def __init__(self, model: nn.Module, product_dtype: torch.dtype = torch.float32) -> None:
         self.model = model
+        self.low = product_dtype if product_dtype != torch.float32 else None
 
     def start(self, ids: Tensor) -> tuple[Tensor, State]:
-        logits, state = self.model(ids, None)
-        return logits[:, -1], state
+        return self._call(ids, None)
 
     def step(self, ids: Tensor, state: State) -> tuple[Tensor, State]:
-        logits, state = self.model(ids.unsqueeze(1), state)
-        return logits[:, -1], state
+        return self._call(ids.unsqueeze(1), state)
+
+    def _call(self, ids: Tensor, state: State | None) -> tuple[Tensor, State]:
+        with _autocast(ids.device, self.low):
+            logits, state = self.model(ids, state)
+        return logits[:, -1].float(), tuple(s.float() for s in state)
 
     def reorder(self, state: State, index: Tensor) -> State:
         return tuple(s.index_select(1, index) for s in state)
 
 
 class _FastStepper:
-    """Shared parts of the LSTM and GRU fast paths; weights are copied once, detached."""
+    """Shared parts of the LSTM and GRU fast paths; weights are copied once, detached.
 
-    def __init__(self, model: nn.Module) -> None:
-        rnn = model.rnn
-        self.model = model
-        self.layers = int(model.config.num_layers)
-        hidden = int(model.config.hidden_size)
-        self.hidden = hidden
-        gates = self.gates * hidden
-        weights = []
-        for k in range(self.layers):
-            w_ih = getattr(rnn, f"weight_ih_l{k}").detach()
-            w_hh = getattr(rnn, f"weight_hh_l{k}").detach()
-            b_ih = _bias(rnn, f"bias_ih_l{k}", gates, w_ih)
-            b_hh = _bias(rnn, f"bias_hh_l{k}", gates, w_ih)
-            weights.append(self.prepare(w_ih, w_hh, b_ih, b_hh))
-        # Layer 0's input projection of every embedding row: a [vocab, gates] lookup table.
-        w_in0, b_in0 = weights[0][0], weights[0][2]
-        self.table = torch.addmm(b_in0, model.embed.weight.detach(), w_in0)
-        self.weights = weights
-        self.head_w = model.head.weight.detach().t()
-        self.head_b = model.head.bias.detach()
+    A layer's new hidden state is read by two matrices: its own recurrent weights (at the next
+    step) and the next layer's input weights, or the head, at this step. Both are concatenated
+    column-wise into one [hidden, gates + next] matrix, so each layer costs one product per
+    step and the recurrent part of the next step's gates is ready when it starts. The state
+    therefore carries, per layer, that precomputed recurrent product next to h (and c).
+    """
 
     gates = 4
 
-    def prepare(self, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor) -> tuple[Tensor, ...]:
+    def __init__(self, model: nn.Module, product_dtype: torch.dtype = torch.float32) -> None:
+        rnn = model.rnn
+        self.model = model
+        self.low = product_dtype if product_dtype != torch.float32 else None
+        self.layers = int(model.config.num_layers)
+        hidden = int(model.config.hidden_size)
+        self.hidden = hidden
+        self.width = self.gates * hidden
+        layers = []
+        for k in range(self.layers):
+            w_ih = getattr(rnn, f"weight_ih_l{k}").detach()
+            w_hh = getattr(rnn, f"weight_hh_l{k}").detach()
+            b_ih = _bias(rnn, f"bias_ih_l{k}", self.width, w_ih)
+            b_hh = _bias(rnn, f"bias_hh_l{k}", self.width, w_ih)
+            layers.append(self.prepare(w_ih, w_hh, b_ih, b_hh))
+        # Layer 0's input projection of every embedding row: a [vocab, gates] lookup table.
+        w_in0, b_in0 = layers[0][0], layers[0][2]
+        self.table = torch.addmm(b_in0, model.embed.weight.detach(), w_in0)
+        head = (model.head.weight.detach().t(), model.head.bias.detach())
+        self.fused: list[tuple[Tensor, Tensor]] = []
+        for k, (_, w_hh, _, b_rec) in enumerate(layers):
+            w_next, b_next = (layers[k + 1][0], layers[k + 1][2]) if k + 1 < self.layers else head
+            w = torch.cat([w_hh, w_next], 1).to(product_dtype).contiguous()
+            self.fused.append((w, torch.cat([b_rec, b_next]).contiguous()))
+
+    def prepare(
+        self, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """-> (W_ih^T, W_hh^T, input-side bias, recurrent-side bias), gate columns in step order."""
         raise NotImplementedError
 
+    def product(self, h: Tensor, w: Tensor, b: Tensor) -> Tensor:
+        """b + h @ w in fp32; with bf16 weights the product runs in bf16 and the sum in fp32."""
+        if self.low is None:
+            return torch.addmm(b, h, w)
+        return torch.add(b, torch.mm(h.to(self.low), w))
+
+    def recurrent(self, k: int, h: Tensor) -> Tensor:
+        """Layer k's recurrent product h @ W_hh^T (+ its bias), as a step leaves it for the next."""
+        w, b = self.fused[k]
+        return self.product(h, w[:, : self.width], b[: self.width])
+
     def start(self, ids: Tensor) -> tuple[Tensor, list[Tensor]]:
-        logits, state = self.model(ids, None)
-        return logits[:, -1], self.from_model_state(state)
+        with _autocast(ids.device, self.low):
+            logits, state = self.model(ids, None)
+        return logits[:, -1].float(), self.from_model_state(tuple(s.float() for s in state))
 
     def reorder(self, state: list[Tensor], index: Tensor) -> list[Tensor]:
         return [s.index_select(0, index) for s in state]
@@ -107,88 +152,91 @@ def _bias(rnn: nn.Module, name: str, size: int, like: Tensor) -> Tensor:
 
 
 class LSTMStepper(_FastStepper):
-    """nn.LSTM's equations, one step; state is [h_0, c_0, h_1, c_1, ...], each [batch, hidden]."""
+    """nn.LSTM's equations, one step; state is [h_0, c_0, r_0, h_1, c_1, r_1, ...], each
+    [batch, ...], where r_k = h_k @ W_hh_k^T."""
 
     gates = 4
 
-    def prepare(self, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor) -> tuple[Tensor, ...]:
+    def prepare(
+        self, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         h = self.hidden
         i_f, o, g = torch.arange(0, 2 * h), torch.arange(3 * h, 4 * h), torch.arange(2 * h, 3 * h)
         order = torch.cat([i_f, o, g]).to(w_ih.device)
-        # Transposed once so each step is addmm(bias, x, W^T) without a transpose call.
-        return (
-            w_ih[order].t().contiguous(),
-            w_hh[order].t().contiguous(),
-            (b_ih + b_hh)[order].contiguous(),
-        )
+        # Transposed once so each step is addmm(bias, x, W^T) without a transpose call; both
+        # biases sit on the input side, which the lookup table or the layer below already adds.
+        return w_ih[order].t(), w_hh[order].t(), (b_ih + b_hh)[order], torch.zeros_like(b_ih)
 
     def from_model_state(self, state: State) -> list[Tensor]:
         h, c = state
-        return [t for k in range(self.layers) for t in (h[k], c[k])]
+        return [t for k in range(self.layers) for t in (h[k], c[k], self.recurrent(k, h[k]))]
 
     def to_model_state(self, state: list[Tensor]) -> State:
-        return torch.stack(state[0::2]), torch.stack(state[1::2])
+        return torch.stack(state[0::3]), torch.stack(state[1::3])
 
     def step(self, ids: Tensor, state: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
-        h3 = 3 * self.hidden
+        width, h3 = self.width, 3 * self.hidden
         new: list[Tensor] = []
-        x = ids
-        for k, (w_ih, w_hh, b) in enumerate(self.weights):
-            h, c = state[2 * k], state[2 * k + 1]
-            if k == 0:
-                gates = self.table.index_select(0, x).addmm_(h, w_hh)
-            else:
-                gates = torch.addmm(b, x, w_ih).addmm_(h, w_hh)
-            ifo = gates[:, :h3].sigmoid()
-            i, f, o = ifo.chunk(3, 1)
+        x = self.table.index_select(0, ids)  # this layer's input product, bias included
+        for k, (w, b) in enumerate(self.fused):
+            c, rec = state[3 * k + 1], state[3 * k + 2]
+            gates = torch.add(x, rec)
+            i, f, o = gates[:, :h3].sigmoid().chunk(3, 1)
             c = torch.addcmul(f * c, i, gates[:, h3:].tanh())
-            x = o * c.tanh()
-            new += (x, c)
-        return torch.addmm(self.head_b, x, self.head_w), new
+            h = o * c.tanh()
+            out = self.product(h, w, b)  # [next step's recurrent product | next layer's input]
+            new += (h, c, out[:, :width])
+            x = out[:, width:]
+        return x, new
 
 
 class GRUStepper(_FastStepper):
-    """nn.GRU's reset-after equations (gate order r, z, n), one step; state is [h_0, h_1, ...]."""
+    """nn.GRU's reset-after equations (gate order r, z, n), one step; state is
+    [h_0, r_0, h_1, r_1, ...], where r_k = h_k @ W_hh_k^T + b_hn (the n gate's hidden bias)."""
 
     gates = 3
 
-    def prepare(self, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor) -> tuple[Tensor, ...]:
+    def prepare(
+        self, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         h2 = 2 * self.hidden
         # r and z add both biases outside any product, so fold b_hh's r,z part into the input
         # bias; n needs b_hn inside r * (W_hn h + b_hn), so it stays with the hidden product.
         b_in = b_ih.clone()
         b_in[:h2] += b_hh[:h2]
-        b_hid = torch.zeros_like(b_hh)
-        b_hid[h2:] = b_hh[h2:]
-        return w_ih.t().contiguous(), w_hh.t().contiguous(), b_in, b_hid
+        b_rec = torch.zeros_like(b_hh)
+        b_rec[h2:] = b_hh[h2:]
+        return w_ih.t(), w_hh.t(), b_in, b_rec
 
     def from_model_state(self, state: State) -> list[Tensor]:
-        return [state[0][k] for k in range(self.layers)]
+        h = state[0]
+        return [t for k in range(self.layers) for t in (h[k], self.recurrent(k, h[k]))]
 
     def to_model_state(self, state: list[Tensor]) -> State:
-        return (torch.stack(state),)
+        return (torch.stack(state[0::2]),)
 
     def step(self, ids: Tensor, state: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
-        h2 = 2 * self.hidden
+        width, h2 = self.width, 2 * self.hidden
         new: list[Tensor] = []
-        x = ids
-        for k, (w_ih, w_hh, b_in, b_hid) in enumerate(self.weights):
-            h = state[k]
-            gi = self.table.index_select(0, x) if k == 0 else torch.addmm(b_in, x, w_ih)
-            gh = torch.addmm(b_hid, h, w_hh)
-            r, z = (gi[:, :h2] + gh[:, :h2]).sigmoid().chunk(2, 1)
-            n = torch.addcmul(gi[:, h2:], r, gh[:, h2:]).tanh()
-            x = torch.addcmul(n, z, h - n)
-            new.append(x)
-        return torch.addmm(self.head_b, x, self.head_w), new
+        x = self.table.index_select(0, ids)
+        for k, (w, b) in enumerate(self.fused):
+            h, rec = state[2 * k], state[2 * k + 1]
+            r, z = torch.add(x[:, :h2], rec[:, :h2]).sigmoid().chunk(2, 1)
+            n = torch.addcmul(x[:, h2:], r, rec[:, h2:]).tanh()
+            h = torch.addcmul(n, z, h - n)
+            out = self.product(h, w, b)
+            new += (h, out[:, :width])
+            x = out[:, width:]
+        return x, new
 
 
-def make_stepper(model: nn.Module, fast: bool = True) -> Stepper:
+def make_stepper(model: nn.Module, fast: bool = True, precision: str = "fp32") -> Stepper:
     """The fast stepper for a plain LSTM/GRU CharLM, else the generic one."""
+    dtype = PRECISIONS[precision]
     if fast and _fast_ok(model):
         cell = model.config.cell
-        return LSTMStepper(model) if cell == "lstm" else GRUStepper(model)
-    return ModelStepper(model)
+        return LSTMStepper(model, dtype) if cell == "lstm" else GRUStepper(model, dtype)
+    return ModelStepper(model, dtype)
 
 
 def _fast_ok(model: nn.Module) -> bool:
