@@ -182,8 +182,8 @@ class LSTMStepper(_FastStepper):
             c, rec = state[3 * k + 1], state[3 * k + 2]
             gates = torch.add(x, rec)
             i, f, o = gates[:, :h3].sigmoid().chunk(3, 1)
-            c = torch.addcmul(f * c, i, gates[:, h3:].tanh())
-            h = o * c.tanh()
+            c = torch.addcmul(f * c, i, _tanh(gates[:, h3:]))
+            h = o * _tanh(c)
             out = self.product(h, w, b)  # [next step's recurrent product | next layer's input]
             new += (h, c, out[:, :width])
             x = out[:, width:]
@@ -222,12 +222,23 @@ class GRUStepper(_FastStepper):
         for k, (w, b) in enumerate(self.fused):
             h, rec = state[2 * k], state[2 * k + 1]
             r, z = torch.add(x[:, :h2], rec[:, :h2]).sigmoid().chunk(2, 1)
-            n = torch.addcmul(x[:, h2:], r, rec[:, h2:]).tanh()
+            n = _tanh(torch.addcmul(x[:, h2:], r, rec[:, h2:]))
             h = torch.addcmul(n, z, h - n)
             out = self.product(h, w, b)
             new += (h, out[:, :width])
             x = out[:, width:]
         return x, new
+
+
+TANH_BY_SIGMOID = 4096
+"""From this many elements tanh is computed as 2 sigmoid(2x) - 1: torch's CPU tanh (accurate to
+an ulp) costs about 3 ns an element, its sigmoid under 1, so at batch 32 the four calls beat one."""
+
+
+def _tanh(x: Tensor) -> Tensor:
+    if x.numel() < TANH_BY_SIGMOID or x.device.type != "cpu":
+        return x.tanh()
+    return x.mul(2).sigmoid_().mul_(2).sub_(1)
 
 
 def make_stepper(model: nn.Module, fast: bool = True, precision: str = "fp32") -> Stepper:
