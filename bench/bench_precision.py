@@ -7,32 +7,50 @@ a noisy machine slows them alike, and times the steps after the first --skip (st
 first allocations) from the run's own metrics log. Whether bf16 also reaches a lower loss in the
 same minutes is the race's question (bench/race.py --set train.precision=bf16).
 
-    python bench/bench_precision.py [CORPUS] [--steps 400] [--rounds 3] [--cells lstm,gru] \
-        [--precisions fp32,bf16] [--set model.impl=reference ...]
+The cell `gru-torch` is the GRU preset trained through nn.GRU's own autograd backward instead of
+charlm's CPU GRU layer (charlm/gru.py), to measure what that layer gives.
+
+    python bench/bench_precision.py [CORPUS] [--steps 400] [--rounds 3] \
+        [--cells lstm,gru,gru-torch] [--precisions fp32,bf16] [--set model.impl=reference ...]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
 from common import DEFAULT_CORPUS, ROOT, read_corpus
 
+import charlm.model
 from charlm.config import load_config
 from charlm.errors import CharlmError
 from charlm.runs import read_metrics
 from charlm.train import train
 
 
+@contextlib.contextmanager
+def torch_gru_backward() -> Iterator[None]:
+    """Train the GRU through nn.GRU itself (its autograd backward), not charlm.gru's layer."""
+    kept = charlm.model.gru_sequence
+    charlm.model.gru_sequence = lambda rnn, x, h0: rnn(x, h0)
+    try:
+        yield
+    finally:
+        charlm.model.gru_sequence = kept
+
+
 def timed_run(
     corpus: Path, cell: str, precision: str, steps: int, skip: int, sets: list[str]
 ) -> float | None:
     """Training chars/s between step `skip` and the last step; None if refused here."""
+    preset = "gru" if cell == "gru-torch" else cell
     config = load_config(
-        ROOT / "configs" / f"shakespeare-{cell}.yaml",
+        ROOT / "configs" / f"shakespeare-{preset}.yaml",
         [
             f"data.corpus={corpus}",
             f"train.max_steps={steps}",
@@ -46,7 +64,8 @@ def timed_run(
             *sets,
         ],
     )
-    with tempfile.TemporaryDirectory() as tmp:
+    kernel = torch_gru_backward() if cell == "gru-torch" else contextlib.nullcontext()
+    with tempfile.TemporaryDirectory() as tmp, kernel:
         try:
             train(config, Path(tmp) / "run")
         except CharlmError:

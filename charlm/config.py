@@ -90,8 +90,9 @@ class ModelConfig:
     impl: Literal["fused", "reference"] = field(
         default="fused",
         metadata=_help(
-            "`fused`: nn.LSTM / nn.GRU (oneDNN on CPU, cuDNN on GPU); `reference`: the cells "
-            "written out from their equations in charlm/cells.py (same weights, same numbers)."
+            "`fused`: nn.LSTM / nn.GRU (cuDNN on GPU, oneDNN's LSTM on CPU; a GRU trains on the "
+            "CPU through charlm/gru.py); `reference`: the cells written out from their equations "
+            "in charlm/cells.py (same weights, same numbers)."
         ),
     )
     gru_reset: Literal["after", "before"] = field(
