@@ -10,7 +10,7 @@ under bf16 autocast only its products speed up. This layer runs the same reset-a
 with the input products done for the whole sequence at once, one recurrent product per step, the
 step's gate values kept, and a backward that walks the steps with four or five calls each and
 forms the weight gradients as one product over the whole sequence. Under bf16 autocast the
-products run in bf16 while the state and the gates stay in fp32, as oneDNN's LSTM does.
+products run in bf16 while the state and the gates stay in fp32.
 
 It reads the parameters of an `nn.GRU` (same names, shapes and gate order), so models, state
 dicts and checkpoints are untouched; `CharLM.forward` uses it only to train on the CPU.

@@ -297,6 +297,25 @@ def test_bf16_sampling_is_reproducible_and_bad_precisions_are_refused() -> None:
         beam_search(model, VOCAB, "a", 5, precision="int8")
 
 
+def test_a_model_that_cannot_run_in_bf16_is_a_clear_error() -> None:
+    model = random_model("lstm")
+    real = model.forward
+
+    def forward(ids: torch.Tensor, state: Any = None) -> Any:
+        if torch.is_autocast_enabled("cpu"):  # as a fused kernel without a bf16 version does
+            raise RuntimeError("no bf16 kernel for this layer\ndetails")
+        return real(ids, state)
+
+    model.forward = forward  # type: ignore[method-assign]
+    stepper = make_stepper(model, fast=False, precision="bf16")
+    with pytest.raises(
+        CharlmError,
+        match=r"^--precision bf16: this model does not run in bf16 on "
+        r"cpu \(no bf16 kernel for this layer\); use --precision fp32$",
+    ):
+        stepper.start(torch.zeros(1, 3, dtype=torch.long))
+
+
 def test_unknown_layouts_fall_back_to_calling_the_model() -> None:
     assert isinstance(make_stepper(fixed_model(CRAFTED)), ModelStepper)
     assert isinstance(make_stepper(random_model("lstm"), fast=False), ModelStepper)
