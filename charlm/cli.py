@@ -410,26 +410,15 @@ def write_samples(
     model, vocab = loaded.model, loaded.vocab
     out = sys.stdout
     shown = prime if echo_prime else ""
+    # sample_batch and generate_batch take the same arguments in the same order.
+    args = (model, vocab, prime, length, temperature, top_k, top_p, seed, num_samples, stops)
     if beam is not None or as_json:
         if beam is not None:
             found = beam_search(
                 model, vocab, prime, length, beam, num_samples, stops, unknown, precision
             )
         else:
-            found = sample_batch(
-                model,
-                vocab,
-                prime,
-                length,
-                temperature,
-                top_k,
-                top_p,
-                seed,
-                num_samples,
-                stops,
-                unknown,
-                precision,
-            )
+            found = sample_batch(*args, unknown, precision)
         if as_json:
             for i, one in enumerate(found):
                 out.write(json.dumps({"sample": i + 1, **one.to_dict()}) + "\n")
@@ -437,20 +426,7 @@ def write_samples(
             write_texts(out, [shown + one.text for one in found])
         out.flush()
         return
-    chars = generate_batch(
-        model,
-        vocab,
-        prime,
-        length,
-        temperature,
-        top_k,
-        top_p,
-        seed,
-        num_samples,
-        stops,
-        unknown,
-        precision,
-    )
+    chars = generate_batch(*args, unknown, precision)
     if num_samples == 1:
         out.write(shown)
         out.flush()

@@ -236,6 +236,17 @@ def test_logprob_is_the_unmodified_model_likelihood(temperature: float, top_p: f
 
 
 # ----------------------------------------------------------------------------- fast steppers
+def run_steps(stepper: Any, ids: torch.Tensor, prime: int) -> tuple[torch.Tensor, Any]:
+    """Logits [batch, time - prime + 1, vocab] after the prime and each later id, and the state."""
+    with torch.no_grad():
+        logits, state = stepper.start(ids[:, :prime])
+        steps = [logits]
+        for t in range(prime, ids.shape[1]):
+            logits, state = stepper.step(ids[:, t], state)
+            steps.append(logits)
+    return torch.stack(steps, 1), state
+
+
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 @pytest.mark.parametrize(("layers", "hidden", "batch"), [(1, 16, 5), (3, 16, 5), (2, 128, 40)])
 def test_fast_step_matches_the_model_forward(
@@ -254,13 +265,9 @@ def test_fast_step_matches_the_model_forward(
     ids = torch.randint(0, 8, (batch, 30), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         expected, final = model(ids)
-        logits, state = stepper.start(ids[:, :7])
-        steps = [logits]
-        for t in range(7, 30):
-            logits, state = stepper.step(ids[:, t], state)
-            steps.append(logits)
+    steps, state = run_steps(stepper, ids, 7)
     tol = 1e-5 if hidden == 16 else 1e-4  # logits reach ~8 in the wide case: fp32 rounds further
-    torch.testing.assert_close(torch.stack(steps, 1), expected[:, 6:], rtol=1e-5, atol=tol)
+    torch.testing.assert_close(steps, expected[:, 6:], rtol=1e-5, atol=tol)
     for mine, theirs in zip(stepper.to_model_state(state), final, strict=True):
         torch.testing.assert_close(mine, theirs, rtol=1e-5, atol=tol)
 
@@ -274,12 +281,7 @@ def test_bf16_steps_stay_close_to_the_fp32_model(cell: str, fast: bool) -> None:
     ids = torch.randint(0, 8, (5, 30), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         expected, _ = model(ids)
-        logits, state = stepper.start(ids[:, :7])
-        steps = [logits]
-        for t in range(7, 30):
-            logits, state = stepper.step(ids[:, t], state)
-            steps.append(logits)
-    got = torch.stack(steps, 1)
+    got, _ = run_steps(stepper, ids, 7)
     assert got.dtype == torch.float32
     torch.testing.assert_close(got, expected[:, 6:], rtol=0.03, atol=0.03)
     assert not torch.allclose(got, expected[:, 6:], rtol=1e-5, atol=1e-5)  # bf16 really ran
