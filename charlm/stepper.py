@@ -54,16 +54,17 @@ class Stepper(Protocol):
         ...
 
 
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
-"""Sampling precisions: the dtype of the matrix products (state and gates stay fp32)."""
+PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16}
+"""Sampling precisions: the dtype of the matrix products where it is not fp32 (state and gates
+stay fp32)."""
 
 
 class ModelStepper:
     """The generic path: call the model itself for every step (under autocast for bf16)."""
 
-    def __init__(self, model: nn.Module, product_dtype: torch.dtype = torch.float32) -> None:
+    def __init__(self, model: nn.Module, low: torch.dtype | None = None) -> None:
         self.model = model
-        self.low = product_dtype if product_dtype != torch.float32 else None
+        self.low = low
 
     def start(self, ids: Tensor) -> tuple[Tensor, State]:
         return self._call(ids, None)
@@ -101,10 +102,10 @@ class _FastStepper:
 
     gates = 4
 
-    def __init__(self, model: nn.Module, product_dtype: torch.dtype = torch.float32) -> None:
+    def __init__(self, model: nn.Module, low: torch.dtype | None = None) -> None:
         rnn = model.rnn
         self.model = model
-        self.low = product_dtype if product_dtype != torch.float32 else None
+        self.low = low  # the products' dtype, None for fp32
         self.layers = int(model.config.num_layers)
         hidden = int(model.config.hidden_size)
         self.hidden = hidden
@@ -123,7 +124,7 @@ class _FastStepper:
         self.fused: list[tuple[Tensor, Tensor]] = []
         for k, (_, w_hh, _, b_rec) in enumerate(layers):
             w_next, b_next = (layers[k + 1][0], layers[k + 1][2]) if k + 1 < self.layers else head
-            w = torch.cat([w_hh, w_next], 1).to(product_dtype).contiguous()
+            w = torch.cat([w_hh, w_next], 1).to(low or w_hh.dtype).contiguous()
             self.fused.append((w, torch.cat([b_rec, b_next]).contiguous()))
 
     def prepare(
@@ -249,11 +250,11 @@ def _tanh(x: Tensor) -> Tensor:
 
 def make_stepper(model: nn.Module, fast: bool = True, precision: str = "fp32") -> Stepper:
     """The fast stepper for a plain LSTM/GRU CharLM, else the generic one."""
-    dtype = PRECISIONS[precision]
+    low = PRECISIONS[precision]
     if fast and _fast_ok(model):
         cell = model.config.cell
-        return LSTMStepper(model, dtype) if cell == "lstm" else GRUStepper(model, dtype)
-    return ModelStepper(model, dtype)
+        return LSTMStepper(model, low) if cell == "lstm" else GRUStepper(model, low)
+    return ModelStepper(model, low)
 
 
 def _fast_ok(model: nn.Module) -> bool:
