@@ -15,6 +15,10 @@ do each layer's step with one `addmm`, one `sigmoid` and a few element-wise call
   weights (or the head) side by side: one product per layer and step instead of two, and one
   cast of h with bf16 weights. (In fp32 this timed about even with two products.) The
   recurrent half is kept in the state for the next step.
+- Those fused matrices are laid out once in oneDNN's packed format for the batch size in use
+  (charlm.packed), so a step runs only the product: 1.2-1.4x for batch-32 fp32 steps and bf16
+  steps at batch 1, 2.3x for the 2x512 LSTM's bf16 step (docs/benchmarks.md). An fp32 step at
+  batch 1 keeps torch.mm, which was as fast.
 - The state is a flat list of tensors, so no stacking or unbinding per step.
 - With `precision="bf16"` the weights are stored in bf16 and each product runs in bf16 (a bf16
   product of these shapes runs at about twice fp32's rate with AVX-512 BF16; whole steps at
@@ -34,6 +38,7 @@ from torch import nn
 
 from charlm.errors import CharlmError
 from charlm.model import State
+from charlm.packed import FixedWeight
 
 Tensor = torch.Tensor
 
@@ -121,11 +126,11 @@ class _FastStepper:
         w_in0, b_in0 = layers[0][0], layers[0][2]
         self.table = torch.addmm(b_in0, model.embed.weight.detach(), w_in0)
         head = (model.head.weight.detach().t(), model.head.bias.detach())
-        self.fused: list[tuple[Tensor, Tensor]] = []
+        self.fused: list[tuple[FixedWeight, Tensor]] = []
         for k, (_, w_hh, _, b_rec) in enumerate(layers):
             w_next, b_next = (layers[k + 1][0], layers[k + 1][2]) if k + 1 < self.layers else head
             w = torch.cat([w_hh, w_next], 1).to(low or w_hh.dtype).contiguous()
-            self.fused.append((w, torch.cat([b_rec, b_next]).contiguous()))
+            self.fused.append((FixedWeight(w), torch.cat([b_rec, b_next]).contiguous()))
 
     def prepare(
         self, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor
@@ -133,16 +138,17 @@ class _FastStepper:
         """-> (W_ih^T, W_hh^T, input-side bias, recurrent-side bias), gate columns in step order."""
         raise NotImplementedError
 
-    def product(self, h: Tensor, w: Tensor, b: Tensor) -> Tensor:
+    def product(self, h: Tensor, w: FixedWeight, b: Tensor) -> Tensor:
         """b + h @ w in fp32; with bf16 weights the product runs in bf16 and the sum in fp32."""
         if self.low is None:
-            return torch.addmm(b, h, w)
-        return torch.add(b, torch.mm(h.to(self.low), w))
+            return w.addmm(b, h)
+        return torch.add(b, w.mm(h.to(self.low)))
 
     def recurrent(self, k: int, h: Tensor) -> Tensor:
         """Layer k's recurrent product h @ W_hh^T (+ its bias), as a step leaves it for the next."""
         w, b = self.fused[k]
-        return self.product(h, w[:, : self.width], b[: self.width])
+        part = w.w[:, : self.width]  # once per prime, so not worth a packed copy
+        return torch.add(b[: self.width], torch.mm(h.to(part.dtype), part))
 
     def start(self, ids: Tensor) -> tuple[Tensor, list[Tensor]]:
         # The prime runs once, through the model's own forward in fp32, whatever the precision.
@@ -230,7 +236,7 @@ class GRUStepper(_FastStepper):
             h, rec = state[2 * k], state[2 * k + 1]
             r, z = torch.add(x[:, :h2], rec[:, :h2]).sigmoid().chunk(2, 1)
             n = _tanh(torch.addcmul(x[:, h2:], r, rec[:, h2:]))
-            h = torch.addcmul(n, z, h - n)
+            h = torch.lerp(n, h, z)  # (1 - z) n + z h
             out = self.product(h, w, b)
             new += (h, out[:, :width])
             x = out[:, width:]
@@ -245,7 +251,8 @@ an ulp) costs about 3 ns an element, its sigmoid under 1, so at batch 32 the fou
 def _tanh(x: Tensor) -> Tensor:
     if x.numel() < TANH_BY_SIGMOID or x.device.type != "cpu":
         return x.tanh()
-    return x.mul(2).sigmoid_().mul_(2).sub_(1)
+    s = torch.add(x, x).sigmoid_()  # x + x, not x * 2: a Python scalar costs a tensor copy
+    return s.add_(s).sub_(1)
 
 
 def make_stepper(model: nn.Module, fast: bool = True, precision: str = "fp32") -> Stepper:

@@ -1,0 +1,86 @@
+"""Products with a weight that stays fixed over many calls, in oneDNN's packed layout on the CPU.
+
+Why: a recurrent step multiplies a small activation ([batch, hidden]) by the same weight again and
+again, and a plain `torch.mm` re-lays the weight out for its kernel on every call. oneDNN can lay
+it out once (`torch.ops.mkldnn._reorder_linear_weight`, the call torch's own compiler uses for
+frozen linear layers) and then run only the product. On the AVX-512 machine that took a
+[32, 256] x [256, 2048] fp32 product from 377 to 212 us and a bf16 [1, 512] x [512, 4096] one from
+214 to 74 (docs/benchmarks.md). The layout depends on the batch size, so one is kept per size.
+
+Where oneDNN is missing, refuses the dtype or gives a wrong answer on a probe, products fall back
+to `torch.mm`: the same numbers up to rounding, at the old speed. The packed call has no autograd
+formula, so it serves only the sampling steps (charlm.stepper), where no graph is recorded. (In
+the GRU's training layer, charlm.gru, the same packing timed slower: 0.89x and 0.97x.)
+"""
+
+from __future__ import annotations
+
+import torch
+
+Tensor = torch.Tensor
+
+
+class FixedWeight:
+    """`x @ w` for a fixed w [in, out] and any number of x [batch, in] of w's dtype."""
+
+    def __init__(self, w: Tensor) -> None:
+        self.w = w
+        self.linear = w.t().contiguous() if _packable(w) else None  # [out, in], as oneDNN reads it
+        self.packs: dict[int, Tensor | None] = {}
+
+    def mm(self, x: Tensor) -> Tensor:
+        pack = self._pack(x.shape[0]) if self.linear is not None else None
+        if pack is None:
+            return torch.mm(x, self.w)
+        return _packed_product(x, pack, None)
+
+    def addmm(self, b: Tensor, x: Tensor) -> Tensor:
+        """`b + x @ w`, the bias (w's dtype) added inside the product."""
+        pack = self._pack(x.shape[0]) if self.linear is not None else None
+        if pack is None:
+            return torch.addmm(b, x, self.w)
+        return _packed_product(x, pack, b)
+
+    def _pack(self, batch: int) -> Tensor | None:
+        if batch not in self.packs:
+            self.packs[batch] = _try_pack(self.linear, self.w, batch)
+        return self.packs[batch]
+
+
+def _packable(w: Tensor) -> bool:
+    return (
+        w.device.type == "cpu"
+        and w.dim() == 2
+        and w.dtype in (torch.float32, torch.bfloat16)
+        and torch.backends.mkldnn.is_available()
+        and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    )
+
+
+def _try_pack(linear: Tensor | None, w: Tensor, batch: int) -> Tensor | None:
+    """The packed weight for this batch size, or None if oneDNN refuses it or gets it wrong.
+
+    An fp32 matrix-vector product (batch 1) stays with torch.mm: its kernel for that case timed
+    as fast as the packed one or faster on one thread (68 against 73 us, 217 against 294 us for
+    [256, 2048] and [512, 4096]), where every other case gained."""
+    if linear is None or (batch == 1 and w.dtype == torch.float32):
+        return None
+    try:
+        pack = _reorder(linear, batch)
+        probe = torch.linspace(-1, 1, batch * w.shape[0], dtype=w.dtype).view(batch, -1)
+        got = _packed_product(probe, pack, None)
+    except (RuntimeError, NotImplementedError):
+        return None
+    expected = torch.mm(probe, w)
+    ok = got.shape == expected.shape and torch.allclose(
+        got.float(), expected.float(), rtol=1e-2, atol=1e-2 * float(expected.abs().max()) + 1e-6
+    )
+    return pack if ok else None
+
+
+def _reorder(linear: Tensor, batch: int) -> Tensor:
+    return torch.ops.mkldnn._reorder_linear_weight(linear, batch)
+
+
+def _packed_product(x: Tensor, pack: Tensor, b: Tensor | None) -> Tensor:
+    return torch.ops.mkldnn._linear_pointwise(x, pack, b, "none", [], "")
