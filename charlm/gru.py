@@ -77,7 +77,7 @@ class _GRULayer(torch.autograd.Function):
                     torch.addmm(b, h, w_t, out=gh_t[t])
                 torch.add(gi_rz[t], gh_rz[t], out=rz_t[t]).sigmoid_()
                 torch.addcmul(gi_n[t], r[t], gh_n[t], out=n_t[t]).tanh_()
-                torch.addcmul(n_t[t], z[t], h - n_t[t], out=h_t[t + 1])
+                torch.lerp(n_t[t], h, z[t], out=h_t[t + 1])  # (1 - z) n + z h
         ctx.mm_dtype = mm_dtype
         ctx.save_for_backward(hs, rz, n, gh, w_hh)
         return hs[1:], hs[steps]
