@@ -1,10 +1,11 @@
 """Does charlm's trainer cost anything over a minimal PyTorch loop at the same model and batch?
 
 Both sides train the same model (embedding -> nn.LSTM/nn.GRU -> linear) on the same corpus with
-contiguous streams and the state carried, AdamW, clipping. The minimal loop does nothing else;
-charlm runs its whole `train()` (logging, interval evals, checkpoints, divergence guard), and its
-chars/s counts all of that except the final evaluation. Rounds alternate between the two so a
-noisy machine slows both alike; the table gives each round and the median ratio.
+contiguous streams and the state carried, AdamW (its fused kernel on both sides), clipping. The
+minimal loop does nothing else; charlm runs its whole `train()` (logging, interval evals,
+checkpoints, divergence guard), and its chars/s counts all of that except the final evaluation.
+Rounds alternate between the two so a noisy machine slows both alike; the table gives each round
+and the median ratio.
 
     python bench/bench_overhead.py [CORPUS] [--steps 300] [--rounds 3] [--cell lstm]
 """
@@ -40,7 +41,7 @@ def minimal_loop(text: str, cell: str, steps: int, batch: int, seq: int, seed: i
     rnn = (nn.LSTM if cell == "lstm" else nn.GRU)(64, 256, 2, batch_first=True)
     head = nn.Linear(256, len(vocab))
     params = [*emb.parameters(), *rnn.parameters(), *head.parameters()]
-    opt = torch.optim.AdamW(params, lr=3e-3, betas=(0.9, 0.99), weight_decay=0.0)
+    opt = torch.optim.AdamW(params, lr=3e-3, betas=(0.9, 0.99), weight_decay=0.0, fused=True)
     state = None
     start = time.perf_counter()
     for step in range(steps):

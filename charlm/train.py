@@ -254,6 +254,9 @@ class Trainer:
         self.dist = info or Dist()
         self.emit: Callback = (on_event if self.dist.is_main else None) or (lambda event: None)
         self.device = distributed.place(resolve_device(config.train.device), self.dist)
+        # AdamW's fused kernel: one vectorised pass per parameter instead of a dozen tensor ops
+        # (on the CPU torch otherwise picks its per-tensor loop); see docs/benchmarks.md.
+        self.fused_adamw = self.device.type in ("cpu", "cuda")
         t = config.train
         self.local_batch = self.dist.local_batch(t.batch_size)
         random.seed(t.seed)
@@ -270,7 +273,11 @@ class Trainer:
         if self.dist.enabled:
             self._seed_dropout(0)
         self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=t.lr, betas=(t.beta1, t.beta2), weight_decay=t.weight_decay
+            self.model.parameters(),
+            lr=t.lr,
+            betas=(t.beta1, t.beta2),
+            weight_decay=t.weight_decay,
+            fused=self.fused_adamw,
         )
         self.state: State = self.model.init_state(self.local_batch, self.device)
         self.precision, self.scaler = self._precision_check()
@@ -348,9 +355,10 @@ class Trainer:
             )
         try:
             self.model.load_state_dict(checkpoint.group("model"))
-            self.optimizer.load_state_dict(
-                ckpt.unpack_optimizer(checkpoint.group("optim"), record["optimizer"])
-            )
+            saved_optim = ckpt.unpack_optimizer(checkpoint.group("optim"), record["optimizer"])
+            for group in saved_optim["param_groups"]:  # a checkpoint from before fused AdamW
+                group["fused"] = self.fused_adamw
+            self.optimizer.load_state_dict(saved_optim)
             saved_state = checkpoint.group("state")
             rows = self.dist.shard(self.config.train.batch_size)
             self.state = tuple(

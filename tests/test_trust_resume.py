@@ -23,7 +23,7 @@ import torch
 from conftest import tiny_config, tiny_overrides
 from typer.testing import CliRunner
 
-from charlm.checkpoint import load_checkpoint, step_checkpoints
+from charlm.checkpoint import load_checkpoint, save_checkpoint, step_checkpoints
 from charlm.cli import app
 from charlm.errors import CharlmError
 from charlm.runs import read_metrics
@@ -329,3 +329,26 @@ def test_unwritable_folders_are_reported_before_loading_data(
     assert code == 1 and "is not writable" in out
     code, out = cli("train", "--resume", str(run), "train.max_steps=40")
     assert code == 1 and "is not writable" in out
+
+
+def test_a_checkpoint_from_before_fused_adamw_resumes_exactly_with_it(
+    baseline: Path, tmp_path: Path
+) -> None:
+    """Runs train with AdamW's fused kernel; an older checkpoint (no fused flag) still resumes
+    bit for bit into the same run, because the resumed optimizer keeps the kernel."""
+    run = tmp_path / "run"
+    shutil.copytree(baseline, run)
+    steps = step_checkpoints(run / "checkpoints")
+    for _, later in steps[1:]:
+        later.unlink()
+    old = load_checkpoint(steps[0][1])
+    assert all(g["fused"] is True for g in old.record["optimizer"]["param_groups"])
+    record = {k: v for k, v in old.record.items() if k not in ("format", "version")}
+    for group in record["optimizer"]["param_groups"]:
+        group["fused"] = None  # as torch wrote it before charlm asked for the fused kernel
+    record.pop("tensors_sha256")
+    save_checkpoint(steps[0][1], old.tensors, record)
+    resume(run)
+    final = load_checkpoint(run / "checkpoints" / steps[-1][1].name)
+    assert all(g["fused"] is True for g in final.record["optimizer"]["param_groups"])
+    assert_same_run(run, baseline)
