@@ -17,9 +17,9 @@ do each layer's step with one `addmm`, one `sigmoid` and a few element-wise call
   cast of h with bf16 weights. (In fp32 this timed about even with two products.) The
   recurrent half is kept in the state for the next step.
 - Those fused matrices are laid out once in oneDNN's packed format for the batch size in use
-  (charlm.packed), so a step runs only the product: 1.2-1.4x for batch-32 fp32 steps and bf16
-  steps at batch 1, 2.3x for the 2x512 LSTM's bf16 step (docs/benchmarks.md). An fp32 step at
-  batch 1 keeps torch.mm, which was as fast.
+  (charlm.packed), so a step runs only the product: 1.2-1.4x for batch-32 fp32 steps, 1.1-1.2x
+  for bf16 steps at batch 1, 2.4x for the 2x512 LSTM's bf16 step (docs/benchmarks.md). An fp32
+  step at batch 1 keeps torch.mm, which was as fast.
 - The state is a flat list of tensors, so no stacking or unbinding per step.
 - With `precision="bf16"` the weights are stored in bf16 and each product runs in bf16 (a bf16
   product of these shapes runs at about twice fp32's rate with AVX-512 BF16; whole steps at
