@@ -29,14 +29,14 @@ class FixedWeight:
         self.packs: dict[int, Tensor | None] = {}
 
     def mm(self, x: Tensor) -> Tensor:
-        pack = self._pack(x.shape[0]) if self.linear is not None else None
+        pack = self._pack(x.shape[0])
         if pack is None:
             return torch.mm(x, self.w)
         return _packed_product(x, pack, None)
 
     def addmm(self, b: Tensor, x: Tensor) -> Tensor:
         """`b + x @ w`, the bias (w's dtype) added inside the product."""
-        pack = self._pack(x.shape[0]) if self.linear is not None else None
+        pack = self._pack(x.shape[0])
         if pack is None:
             return torch.addmm(b, x, self.w)
         return _packed_product(x, pack, b)
