@@ -25,7 +25,7 @@ class FixedWeight:
 
     def __init__(self, w: Tensor) -> None:
         self.w = w
-        self.linear = w.t().contiguous() if _packable(w) else None  # [out, in], as oneDNN reads it
+        self.packable = _packable(w)
         self.packs: dict[int, Tensor | None] = {}
 
     def mm(self, x: Tensor) -> Tensor:
@@ -43,7 +43,7 @@ class FixedWeight:
 
     def _pack(self, batch: int) -> Tensor | None:
         if batch not in self.packs:
-            self.packs[batch] = _try_pack(self.linear, self.w, batch)
+            self.packs[batch] = _try_pack(self.w, batch) if self.packable else None
         return self.packs[batch]
 
 
@@ -57,16 +57,16 @@ def _packable(w: Tensor) -> bool:
     )
 
 
-def _try_pack(linear: Tensor | None, w: Tensor, batch: int) -> Tensor | None:
+def _try_pack(w: Tensor, batch: int) -> Tensor | None:
     """The packed weight for this batch size, or None if oneDNN refuses it or gets it wrong.
 
     An fp32 matrix-vector product (batch 1) stays with torch.mm: its kernel for that case timed
     as fast as the packed one or faster on one thread (68 against 73 us, 217 against 294 us for
     [256, 2048] and [512, 4096]), where every other case gained."""
-    if linear is None or (batch == 1 and w.dtype == torch.float32):
+    if batch == 1 and w.dtype == torch.float32:
         return None
     try:
-        pack = _reorder(linear, batch)
+        pack = _reorder(w.t().contiguous(), batch)  # oneDNN reads a linear weight as [out, in]
         probe = torch.linspace(-1, 1, batch * w.shape[0], dtype=w.dtype).view(batch, -1)
         got = _packed_product(probe, pack, None)
     except (RuntimeError, NotImplementedError):

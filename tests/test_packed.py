@@ -63,5 +63,5 @@ def test_a_pack_that_gives_wrong_numbers_is_not_used(monkeypatch: pytest.MonkeyP
 
 
 def test_weights_off_the_cpu_or_of_other_dtypes_are_never_packed() -> None:
-    assert FixedWeight(torch.randn(8, 8, dtype=torch.float64)).linear is None
-    assert FixedWeight(torch.randn(8, 8, device="meta")).linear is None
+    assert FixedWeight(torch.randn(8, 8, dtype=torch.float64)).packable is False
+    assert FixedWeight(torch.randn(8, 8, device="meta")).packable is False
