@@ -5,10 +5,11 @@ re-run, and the steps go through the fast steppers in `charlm.stepper`. Temperat
 (argmax).
 
 Sampling draws with the Gumbel-max trick: the next id is argmax(logits / T + g) with
-g = -log(E), E ~ Exponential(1), which picks id i with probability softmax(logits / T)_i exactly,
-without a softmax or `torch.multinomial` per step. The noise comes from seeded CPU generators in
-chunks of `NOISE_CHUNK` steps, one generator per sample seeded `seed + i`, so sample i of a batch is
-the sample `seed + i` would give alone, and the noise does not depend on the device.
+g = -log(-log U), U ~ Uniform(0, 1), which picks id i with probability softmax(logits / T)_i
+exactly, without a softmax or `torch.multinomial` per step. The noise comes from seeded CPU
+generators in chunks of `NOISE_CHUNK` steps, one generator per sample seeded `seed + i`, so
+sample i of a batch is the sample `seed + i` would give alone, and the noise does not depend on
+the device.
 
 `beam_search` finds the likeliest continuation instead of a random one (see its docstring).
 """
@@ -297,11 +298,15 @@ class Decoding:
 def _gumbel(
     gens: list[torch.Generator], vocab_size: int, device: torch.device
 ) -> list[torch.Tensor]:
-    """NOISE_CHUNK steps of Gumbel noise [samples, vocab], one seeded generator per sample."""
-    draws = [torch.empty(NOISE_CHUNK, vocab_size).exponential_(generator=g) for g in gens]
-    # E can be exactly 0 (u = 0); clamping keeps -log(E) finite, so -inf logits stay -inf.
-    e = torch.stack(draws, 1).clamp_min_(torch.finfo(torch.float32).tiny)
-    return list(e.log_().neg_().to(device).unbind(0))
+    """NOISE_CHUNK steps of Gumbel noise [samples, vocab], one seeded generator per sample.
+
+    Uniform draws and two logs over the whole chunk, rather than `exponential_` per generator:
+    at batch 32 that took a chunk from 1.9 to 0.5 ms, about 60 us off every step."""
+    draws = [torch.rand(NOISE_CHUNK, vocab_size, generator=g) for g in gens]
+    # U can be exactly 0; clamping keeps the noise finite (-log(-log U) lies in about [-4.5,
+    # 16.6]), so a -inf logit stays -inf and a kept one can never be outranked by it.
+    u = torch.stack(draws, 1).clamp_min_(torch.finfo(torch.float32).tiny)
+    return list(u.log_().neg_().log_().neg_().to(device).unbind(0))
 
 
 def generate_batch(
