@@ -342,6 +342,14 @@ def sample(
         help="fp32, or bf16: matrix products in bfloat16 (faster on CPUs with AVX-512 BF16 and "
         "on GPUs; probabilities move by about 1%, so a seed's text can change).",
     ),
+    threads: int | None = typer.Option(
+        None,
+        "--threads",
+        help="CPU threads for the steps. Default: 1 for a single sample (fastest on a busy "
+        "machine), all cores for batches; 2 or more can speed up a wide model's single "
+        "sample when cores are idle.",
+        show_default=False,
+    ),
 ) -> None:
     """Print the prime followed by exactly --length new characters to stdout, as they come."""
     from charlm.checkpoint import load_model
@@ -350,6 +358,8 @@ def sample(
 
     stops = parse_stops(stop or [])
     check_options(length, temperature, top_k, top_p, num_samples, beam, precision)
+    if threads is not None and threads < 1:
+        raise CharlmError(f"--threads {threads}: expected a whole number >= 1")
     check_unknown_policy(unknown)
     if interactive and prime:
         raise CharlmError("--prime with --interactive: each line typed is the prime; drop --prime")
@@ -367,8 +377,10 @@ def sample(
         precision,
     )
     write = functools.partial(write_samples, loaded, options, stops, beam, as_json)
-    threads = torch.get_num_threads()
-    if num_samples == 1 and next(loaded.model.parameters()).device.type == "cpu":
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    elif num_samples == 1 and next(loaded.model.parameters()).device.type == "cpu":
         # One stream's steps are matrix-vector products too small to split across threads; the
         # split costs a synchronisation per call, ruinous on a busy CPU (docs/benchmarks.md).
         torch.set_num_threads(1)
@@ -378,7 +390,7 @@ def sample(
         else:
             write(prime, echo_prime=True)
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(before)
 
 
 class SampleOptions(NamedTuple):

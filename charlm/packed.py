@@ -60,10 +60,12 @@ def _packable(w: Tensor) -> bool:
 def _try_pack(w: Tensor, batch: int) -> Tensor | None:
     """The packed weight for this batch size, or None if oneDNN refuses it or gets it wrong.
 
-    An fp32 matrix-vector product (batch 1) stays with torch.mm: its kernel for that case timed
-    as fast as the packed one or faster on one thread (68 against 73 us, 217 against 294 us for
-    [256, 2048] and [512, 4096]), where every other case gained."""
-    if batch == 1 and w.dtype == torch.float32:
+    On one thread an fp32 matrix-vector product (batch 1) stays with torch.mm: its kernel for
+    that case timed as fast as the packed one or faster (68 against 73 us, 217 against 294 us
+    for [256, 2048] and [512, 4096]), where every other case gained. torch.mm does not split it
+    across threads and oneDNN does (on two threads 110 against 246 us for [512, 4096]), so with
+    more threads it is packed too."""
+    if batch == 1 and w.dtype == torch.float32 and torch.get_num_threads() == 1:
         return None
     try:
         pack = _reorder(w.t().contiguous(), batch)  # oneDNN reads a linear weight as [out, in]

@@ -334,6 +334,7 @@ RUN_CASES: list[tuple[str, RunArgs, list[str]]] = [
         ["x.safetensors", "0 bytes"],
     ),
     ("sample-bad-device", lambda run, tmp: ["sample", run, "--device", "gpu"], ["'gpu'", "auto"]),
+    ("sample-zero-threads", lambda run, tmp: ["sample", run, "--threads", "0"], ["--threads 0"]),
     (
         "eval-unseen-chars",
         lambda run, tmp: ["eval", run, "--corpus", _write(tmp, "e.txt", "Ωmega ΩΩ\n".encode())],

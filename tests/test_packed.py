@@ -24,16 +24,27 @@ def test_products_equal_torch_mm(dtype: torch.dtype, batch: int) -> None:
     assert fixed.mm(x).dtype == dtype
 
 
-def test_a_pack_is_kept_per_batch_size_and_fp32_vectors_stay_unpacked() -> None:
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_pack_is_kept_per_batch_size_and_fp32_vectors_on_one_thread_stay_unpacked(
+    threads: int,
+) -> None:
     if not packed._packable(torch.zeros(2, 2)):
         pytest.skip("oneDNN is not available in this torch build")
-    fixed = FixedWeight(torch.randn(16, 24))
-    fixed.mm(torch.randn(4, 16))
-    fixed.mm(torch.randn(1, 16))
-    fixed.mm(torch.randn(4, 16))
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        fixed = FixedWeight(torch.randn(16, 24))
+        fixed.mm(torch.randn(4, 16))
+        x = torch.randn(1, 16)
+        got = fixed.mm(x)
+        fixed.mm(torch.randn(4, 16))
+    finally:
+        torch.set_num_threads(before)
     assert sorted(fixed.packs) == [1, 4]
     assert fixed.packs[4] is not None  # packed for batch 4
-    assert fixed.packs[1] is None  # an fp32 matrix-vector product keeps torch.mm
+    # An fp32 matrix-vector product keeps torch.mm on one thread; oneDNN splits it on more.
+    assert (fixed.packs[1] is None) == (threads == 1)
+    torch.testing.assert_close(got, x @ fixed.w)
 
 
 def test_a_refused_pack_falls_back_to_torch_mm(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -385,6 +385,31 @@ def test_cli_stop_json_and_contract(trained_run: Path) -> None:
 
 
 @pytest.mark.parametrize(
+    ("args", "threads"), [([], 1), (["--threads", "2"], 2), (["--num-samples", "2"], 3)]
+)
+def test_cli_sampling_threads(
+    trained_run: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], threads: int
+) -> None:
+    # One thread for a single sample unless --threads says otherwise; batches keep what torch
+    # had (3 here, set for the test); the setting is put back afterwards.
+    import charlm.sample as sample_module
+
+    seen: list[int] = []
+    real = sample_module.make_stepper
+
+    def spy(*a: Any, **k: Any) -> Any:
+        seen.append(torch.get_num_threads())
+        return real(*a, **k)
+
+    monkeypatch.setattr(sample_module, "make_stepper", spy)
+    torch.set_num_threads(3)
+    result = runner.invoke(app, ["sample", str(trained_run), "-n", "20", "-s", "1", *args])
+    assert result.exit_code == 0, result.output
+    assert seen == [threads]
+    assert torch.get_num_threads() == 3
+
+
+@pytest.mark.parametrize(
     ("args", "words"),
     [
         (["--beam", "2", "-t", "0.5"], "drop --temperature"),
