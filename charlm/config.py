@@ -140,6 +140,14 @@ class TrainConfig:
     grad_clip: float = field(
         default=1.0, metadata=_help("Clip the global gradient norm to this (0: off).")
     )
+    ema_decay: float | None = field(
+        default=None,
+        metadata=_help(
+            "Keep an exponential moving average of the weights, updated every step with this "
+            "decay (0.995 weighs roughly the last 200 steps), and evaluate, checkpoint and "
+            "sample that instead of the latest weights (empty: off)."
+        ),
+    )
     seed: int = field(default=1337, metadata=_help("Seed for weights, dropout and sampling."))
     device: Literal["auto", "cpu", "cuda"] = field(
         default="auto", metadata=_help("`auto` takes CUDA when present.")
@@ -325,6 +333,8 @@ def validate(config: Config) -> Config:
     _check(0 <= t.beta1 < 1, "train.beta1", t.beta1, "a number in [0, 1)")
     _check(0 <= t.beta2 < 1, "train.beta2", t.beta2, "a number in [0, 1)")
     _check(t.grad_clip >= 0, "train.grad_clip", t.grad_clip, ">= 0 (0 turns clipping off)")
+    if t.ema_decay is not None:
+        _check(0 < t.ema_decay < 1, "train.ema_decay", t.ema_decay, "a number in (0, 1) or empty")
     _check(t.seed >= 0, "train.seed", t.seed, ">= 0")
     if t.max_steps is not None:
         _check(t.max_steps >= 1, "train.max_steps", t.max_steps, "a positive whole number")

@@ -152,6 +152,7 @@ TRAIN_CASES: list[tuple[str, Setup, list[str]]] = [
     ("val-fraction-zero", good_corpus("data.val_fraction=0"), ["data.val_fraction", "(0, 1)"]),
     ("val-fraction-one", good_corpus("data.val_fraction=1"), ["data.val_fraction", "(0, 1)"]),
     ("lr-zero", good_corpus("train.lr=0"), ["train.lr", "0.0", "> 0"]),
+    ("ema-one", good_corpus("train.ema_decay=1"), ["train.ema_decay", "1.0", "(0, 1) or empty"]),
     ("lr-negative", good_corpus("train.lr=-3e-4"), ["train.lr", "> 0"]),
     ("lr-nan", good_corpus("train.lr=nan"), ["train.lr", "'nan'", "number"]),
     ("unknown-cell", good_corpus("model.cell=transformer"), ["model.cell", "lstm, gru"]),
