@@ -144,8 +144,9 @@ class TrainConfig:
         default=None,
         metadata=_help(
             "Keep an exponential moving average of the weights, updated every step with this "
-            "decay (0.995 weighs roughly the last 200 steps), and evaluate, checkpoint and "
-            "sample that instead of the latest weights (empty: off)."
+            "decay (0.995 weighs roughly the last 200 steps; early on less, min(decay, "
+            "(1 + step) / (10 + step))), and evaluate, checkpoint and sample that instead of "
+            "the latest weights (empty: off)."
         ),
     )
     seed: int = field(default=1337, metadata=_help("Seed for weights, dropout and sampling."))

@@ -524,12 +524,18 @@ class Trainer:
 
     @torch.no_grad()
     def _update_average(self) -> None:
-        """average <- average + (1 - decay) (weights - average), one fused call for all."""
+        """average <- average + (1 - decay) (weights - average), one fused call for all.
+
+        The decay ramps up as min(ema_decay, (1 + t) / (10 + t)) at step t, so the average
+        spans about the last ninth of the steps so far until ema_decay caps it: a fixed 500-step
+        span cost a one-minute LSTM run 0.03, while five-minute runs are capped long before
+        their end (docs/benchmarks.md)."""
         assert self.averaged is not None and self.config.train.ema_decay is not None
+        decay = min(self.config.train.ema_decay, (1 + self.step) / (10 + self.step))
         torch._foreach_lerp_(
             list(self.averaged.parameters()),
             [p.detach() for p in self.model.parameters()],
-            1.0 - self.config.train.ema_decay,
+            1.0 - decay,
         )
 
     @property
