@@ -19,7 +19,7 @@ do each layer's step with one `addmm`, one `sigmoid` and a few element-wise call
 - Those fused matrices are laid out once in oneDNN's packed format for the batch size in use
   (charlm.packed), so a step runs only the product: 1.2-1.4x for batch-32 fp32 steps, 1.1-1.2x
   for bf16 steps at batch 1, 2.4x for the 2x512 LSTM's bf16 step (docs/benchmarks.md). An fp32
-  step at batch 1 keeps torch.mm, which was as fast.
+  step at batch 1 on one thread keeps torch.mm, which was as fast there.
 - The state is a flat list of tensors, so no stacking or unbinding per step. The gates are
   written in place into a buffer kept per batch size, whose per-gate views are made once, and
   at batch 1 on the CPU the lookup table is read by a list index: two calls fewer per layer

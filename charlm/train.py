@@ -272,8 +272,9 @@ class Trainer:
         # evals and checkpoints use the plain model, so a checkpoint has the same keys either way.
         self.net: torch.nn.Module = self.model
         # With train.ema_decay, an average of the weights along the way is what gets scored,
-        # saved as the run's model and sampled: in five-minute runs it scored 0.008 below the
-        # last weights (docs/benchmarks.md). The trained weights stay training state.
+        # saved as the run's model and sampled: at the steps five minutes buy it scored 0.007 to
+        # 0.015 below the last weights (docs/benchmarks.md). The trained weights stay training
+        # state.
         self.averaged: CharLM | None = None
         if t.ema_decay is not None:
             self.averaged = copy.deepcopy(self.model).requires_grad_(False)
