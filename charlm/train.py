@@ -120,6 +120,15 @@ def lr_at(config: Config, step: int, elapsed: float) -> float:
     return floor + (t.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+def average_decay(cap: float, step: int) -> float:
+    """The weight average's decay at (0-based) step `step`: min(cap, (1 + t) / (10 + t)).
+
+    The ramp makes the average span about the last ninth of the steps so far until `cap` takes
+    over: a fixed 500-step span cost a one-minute LSTM run 0.03, while five-minute runs reach
+    the cap long before their end (docs/benchmarks.md)."""
+    return min(cap, (1 + step) / (10 + step))
+
+
 @dataclass
 class Data:
     vocab: Vocab
@@ -525,14 +534,9 @@ class Trainer:
 
     @torch.no_grad()
     def _update_average(self) -> None:
-        """average <- average + (1 - decay) (weights - average), one fused call for all.
-
-        The decay ramps up as min(ema_decay, (1 + t) / (10 + t)) at step t, so the average
-        spans about the last ninth of the steps so far until ema_decay caps it: a fixed 500-step
-        span cost a one-minute LSTM run 0.03, while five-minute runs are capped long before
-        their end (docs/benchmarks.md)."""
+        """average <- average + (1 - decay) (weights - average), one fused call for all."""
         assert self.averaged is not None and self.config.train.ema_decay is not None
-        decay = min(self.config.train.ema_decay, (1 + self.step) / (10 + self.step))
+        decay = average_decay(self.config.train.ema_decay, self.step)
         torch._foreach_lerp_(
             list(self.averaged.parameters()),
             [p.detach() for p in self.model.parameters()],
