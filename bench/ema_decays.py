@@ -3,8 +3,8 @@
 One run of a preset per seed, `train.max_steps` = --steps and the preset's own averaging off, so
 the run trains exactly as it would without `train.ema_decay` (the average never feeds back into
 training). Beside it the script keeps one average per --decays value, all over the same
-trajectory and updated as the trainer's are (from the initial weights, the decay ramped up as
-`charlm.train.average_decay` says, --decays being the cap); at the end it scores the
+trajectory and updated as the trainer's are (from the initial weights, by
+`charlm.train.update_average`, --decays being the cap); at the end it scores the
 latest weights and each average like bench/race.py (the first 100,000 val characters as 20
 carried-state streams, nats per character) and prints one table.
 
@@ -30,7 +30,7 @@ from common import DEFAULT_CORPUS, VAL_CHARS, VAL_STREAMS, read_corpus  # noqa: 
 from charlm.config import Config, load_config  # noqa: E402 (after the path line)
 from charlm.evaluate import evaluate_ids  # noqa: E402
 from charlm.runs import prepare_run_dir  # noqa: E402
-from charlm.train import Trainer, average_decay  # noqa: E402
+from charlm.train import Trainer, update_average  # noqa: E402
 
 
 class AveragingTrainer(Trainer):
@@ -42,11 +42,9 @@ class AveragingTrainer(Trainer):
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         loss = super().train_step(x, y)
-        with torch.no_grad():
-            weights = [p.detach() for p in self.model.parameters()]
-            for cap, average in self.side.items():
-                decay = average_decay(cap, self.step)  # self.step: the step just taken, 0-based
-                torch._foreach_lerp_(average, weights, 1.0 - decay)
+        weights = [p.detach() for p in self.model.parameters()]
+        for cap, average in self.side.items():
+            update_average(average, weights, cap, self.step)  # self.step: the step just taken
         return loss
 
     def scores(self) -> dict[str, float]:

@@ -120,13 +120,18 @@ def lr_at(config: Config, step: int, elapsed: float) -> float:
     return floor + (t.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
-def average_decay(cap: float, step: int) -> float:
-    """The weight average's decay at (0-based) step `step`: min(cap, (1 + t) / (10 + t)).
+@torch.no_grad()
+def update_average(
+    average: list[torch.Tensor], weights: list[torch.Tensor], cap: float, step: int
+) -> None:
+    """average <- average + (1 - decay) (weights - average) after (0-based) step `step`, one
+    fused call for all tensors, with decay = min(cap, (1 + t) / (10 + t)).
 
     The ramp makes the average span about the last ninth of the steps so far until `cap` takes
     over: a fixed 500-step span cost a one-minute LSTM run 0.03, while five-minute runs reach
     the cap long before their end (docs/benchmarks.md)."""
-    return min(cap, (1 + step) / (10 + step))
+    decay = min(cap, (1 + step) / (10 + step))
+    torch._foreach_lerp_(average, weights, 1.0 - decay)
 
 
 @dataclass
@@ -529,19 +534,14 @@ class Trainer:
         else:
             self.optimizer.step()
         if self.averaged is not None:
-            self._update_average()
+            assert self.config.train.ema_decay is not None
+            update_average(
+                list(self.averaged.parameters()),
+                [p.detach() for p in self.model.parameters()],
+                self.config.train.ema_decay,
+                self.step,
+            )
         return loss.detach()
-
-    @torch.no_grad()
-    def _update_average(self) -> None:
-        """average <- average + (1 - decay) (weights - average), one fused call for all."""
-        assert self.averaged is not None and self.config.train.ema_decay is not None
-        decay = average_decay(self.config.train.ema_decay, self.step)
-        torch._foreach_lerp_(
-            list(self.averaged.parameters()),
-            [p.detach() for p in self.model.parameters()],
-            1.0 - decay,
-        )
 
     @property
     def scored(self) -> CharLM:
