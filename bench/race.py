@@ -20,8 +20,12 @@ whose full-budget charlm runs exist). With several seeds a last table gives each
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -31,11 +35,9 @@ import torch
 import torch.nn.functional as F
 from common import DEFAULT_CORPUS, ROOT, VAL_CHARS, VAL_STREAMS, read_corpus
 
-from charlm.config import load_config
 from charlm.evaluate import evaluate_ids
 from charlm.model import State
 from charlm.runs import read_metrics
-from charlm.train import train
 from charlm.vocab import Vocab
 
 
@@ -105,6 +107,11 @@ def plain_loop(text: str, cell: str, budget: float, marks: list[float], seed: in
 
 
 def charlm_run(corpus: Path, preset: Path, sets: list[str], budget: float, seed: int) -> dict:
+    """Train the preset through `charlm train` in a child process.
+
+    A child of its own, because the trainer changes process-wide state (it has glibc keep freed
+    memory, `charlm.train.keep_freed_memory`) that would otherwise speed up the plain loops of
+    later seeds in this process, which are meant to run as a user's own script would."""
     overrides = [
         f"data.corpus={corpus}",
         f"train.max_time={budget}",
@@ -115,11 +122,25 @@ def charlm_run(corpus: Path, preset: Path, sets: list[str], budget: float, seed:
         "train.device=cpu",
         *sets,
     ]
-    config = load_config(preset, overrides)
     with tempfile.TemporaryDirectory() as tmp:
-        result = train(config, Path(tmp) / "run")
-        last = [r for r in read_metrics(Path(tmp) / "run") if "val_loss" in r][-1]
-    return {"score": last["val_loss"], "steps": result.steps, "chars_per_s": result.chars_per_s}
+        run = Path(tmp) / "run"
+        command = [sys.executable, "-m", "charlm", "train", str(preset), *overrides]
+        done = subprocess.run(
+            [*command, "--out", str(run), "--quiet"],
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            capture_output=True,
+            text=True,
+        )
+        if done.returncode != 0:
+            last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+            raise SystemExit(f"race: charlm seed {seed} failed: {last}")
+        last = [r for r in read_metrics(run) if "val_loss" in r][-1]
+        summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
+    return {
+        "score": last["val_loss"],
+        "steps": summary["steps"],
+        "chars_per_s": summary["chars_per_s"],
+    }
 
 
 def main() -> None:
