@@ -5,6 +5,8 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -153,10 +155,7 @@ print(keep_freed_memory(), before, faults_per_round())
 
 def test_keep_freed_memory_ends_the_page_faults_of_reallocated_buffers() -> None:
     """What a training step does to its big buffers: free them all, allocate them again. By
-    default glibc returns that memory, and every page faults anew; afterwards none should."""
-    import subprocess
-    import sys
-
+    default glibc returns much of that memory, whose pages then fault anew; afterwards none do."""
     done = subprocess.run(
         [sys.executable, "-c", FAULTS_SCRIPT], capture_output=True, text=True, check=True
     )
