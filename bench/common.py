@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -19,3 +21,20 @@ def read_corpus(path: Path) -> str:
         sys.exit(f"error: corpus {path} not found; pass a UTF-8 text file as the first argument")
     except (OSError, UnicodeDecodeError) as e:
         sys.exit(f"error: corpus {path} cannot be read as UTF-8 text ({e})")
+
+
+def train_in_child(args: list[str], out: Path, what: str, threads: int | None = None) -> None:
+    """`charlm train ARGS --out OUT --quiet` from this checkout, in a process of its own (with
+    `threads` torch threads if given); a failure exits with one line naming `what`."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    if threads is not None:
+        env["OMP_NUM_THREADS"] = str(threads)
+    done = subprocess.run(
+        [sys.executable, "-m", "charlm", "train", *args, "--out", str(out), "--quiet"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+        raise SystemExit(f"{what} failed: {last}")

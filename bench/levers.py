@@ -23,14 +23,12 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from common import DEFAULT_CORPUS, ROOT, VAL_CHARS, VAL_STREAMS, read_corpus
+from common import DEFAULT_CORPUS, ROOT, VAL_CHARS, VAL_STREAMS, read_corpus, train_in_child
 
 from charlm.runs import read_metrics
 
@@ -51,17 +49,8 @@ def run_one(corpus: Path, preset: Path, sets: list[str], steps: int, seed: int, 
         "train.device=cpu",
         *sets,
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     start = time.perf_counter()
-    done = subprocess.run(
-        [sys.executable, "-m", "charlm", "train", *args, "--out", str(out), "--quiet"],
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    if done.returncode != 0:
-        last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
-        raise SystemExit(f"levers: {' '.join(sets) or 'preset'} seed {seed} failed: {last}")
+    train_in_child(args, out, f"levers: {' '.join(sets) or 'preset'} seed {seed}", threads=1)
     rows = read_metrics(out)
     val = [r["val_loss"] for r in rows if "val_loss" in r][-1]
     train_loss = [r["train_loss"] for r in rows if "train_loss" in r][-1]

@@ -22,10 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -33,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from common import DEFAULT_CORPUS, ROOT, VAL_CHARS, VAL_STREAMS, read_corpus
+from common import DEFAULT_CORPUS, ROOT, VAL_CHARS, VAL_STREAMS, read_corpus, train_in_child
 
 from charlm.evaluate import evaluate_ids
 from charlm.model import State
@@ -124,16 +121,7 @@ def charlm_run(corpus: Path, preset: Path, sets: list[str], budget: float, seed:
     ]
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(tmp) / "run"
-        command = [sys.executable, "-m", "charlm", "train", str(preset), *overrides]
-        done = subprocess.run(
-            [*command, "--out", str(run), "--quiet"],
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-            capture_output=True,
-            text=True,
-        )
-        if done.returncode != 0:
-            last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
-            raise SystemExit(f"race: charlm seed {seed} failed: {last}")
+        train_in_child([str(preset), *overrides], run, f"race: charlm seed {seed}")
         last = [r for r in read_metrics(run) if "val_loss" in r][-1]
         summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
     return {
