@@ -20,7 +20,6 @@ whose full-budget charlm runs exist). With several seeds a last table gives each
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 import tempfile
@@ -34,7 +33,7 @@ from common import DEFAULT_CORPUS, ROOT, VAL_CHARS, VAL_STREAMS, read_corpus, tr
 
 from charlm.evaluate import evaluate_ids
 from charlm.model import State
-from charlm.runs import read_metrics
+from charlm.runs import read_metrics, read_summary
 from charlm.vocab import Vocab
 
 
@@ -123,7 +122,7 @@ def charlm_run(corpus: Path, preset: Path, sets: list[str], budget: float, seed:
         run = Path(tmp) / "run"
         train_in_child([str(preset), *overrides], run, f"race: charlm seed {seed}")
         last = [r for r in read_metrics(run) if "val_loss" in r][-1]
-        summary = json.loads((run / "summary.json").read_text(encoding="utf-8"))
+        summary = read_summary(run)
     return {
         "score": last["val_loss"],
         "steps": summary["steps"],
