@@ -173,8 +173,11 @@ def train(
     table = Table(title="charlm train", show_header=False, title_justify="left")
     table.add_row("run folder", str(result.run_dir))
     table.add_row("steps", f"{result.steps:,}")
-    table.add_row("time", f"{result.elapsed_s:.1f} s")
-    table.add_row("chars/s", f"{result.chars_per_s:,.0f}")
+    table.add_row("time", f"{result.elapsed_s:.1f} s, of which evals {result.eval_s:.1f} s")
+    table.add_row(
+        "chars/s",
+        f"{result.chars_per_s:,.0f} ({result.step_chars_per_s:,.0f} outside evals)",
+    )
     table.add_row("parameters", f"{result.parameters:,}")
     final = result.final_val
     table.add_row(
@@ -242,8 +245,15 @@ class ProgressView:
         kind = event["event"]
         if kind == "start":
             self.max_steps, self.max_time = event["max_steps"], event["max_time"]
+            probe = event.get("precision_probe")
+            timed = (
+                f" (auto: a step took {probe['fp32_step_s'] * 1e3:.0f} ms in fp32, "
+                f"{probe['bf16_step_s'] * 1e3:.0f} ms in bf16)"
+                if probe
+                else ""
+            )
             line = (
-                f"run {event['run_dir']} | {event['device']} {event['precision']}"
+                f"run {event['run_dir']} | {event['device']} {event['precision']}{timed}"
                 f" | {event['parameters']:,} parameters"
                 f" | vocab {event['vocab_size']} | train {event['train_chars']:,} chars"
                 f" | val {event['val_chars']:,} chars"

@@ -210,6 +210,7 @@ class TrainResult:
     steps: int
     elapsed_s: float
     chars_per_s: float
+    eval_s: float
     parameters: int
     final_val: EvalResult
     best_val_loss: float
@@ -220,6 +221,13 @@ class TrainResult:
     @property
     def best_val_bpc(self) -> float:
         return self.best_val_loss / math.log(2)
+
+    @property
+    def step_chars_per_s(self) -> float:
+        """Training chars/s outside the interval evals: the loop's own speed, which `eval_s`
+        (their share of `elapsed_s`) does not dilute."""
+        steps_s = self.elapsed_s - self.eval_s
+        return self.chars_per_s * self.elapsed_s / steps_s if steps_s > 0 else 0.0
 
 
 def _rng_record() -> dict[str, Any]:
@@ -271,6 +279,42 @@ def native_bf16(device: torch.device, model_config: ModelConfig) -> bool:
     which is slower than fp32, so auto keeps fp32.
     """
     return _hardware_bf16(device) and _bf16_forward_runs(model_config, device)
+
+
+BF16_MIN_SPEEDUP = 1.1
+"""On a CPU, `auto` takes bf16 only if a timed training step runs at least this much faster in it:
+AVX-512 BF16 alone does not say. On a 2-core AMD EPYC bf16 steps ran 1.3x fp32's; on a 2-core
+Xeon with the same flag but no AMX exposed, 0.7-0.9x (docs/benchmarks.md)."""
+
+
+def time_bf16_step(
+    model_config: ModelConfig, vocab_size: int, batch: int, seq_len: int, device: torch.device
+) -> tuple[float, float]:
+    """-> (fp32, bf16) seconds of one forward and backward of this model at this batch shape.
+
+    A throwaway model with its own weights (the run's random streams are left as they were);
+    after one warm-up step each, three steps of each precision alternate so a noisy machine
+    slows both alike, and the fastest of each counts. About eight training steps in all.
+    """
+    with torch.random.fork_rng(devices=[]):
+        probe = CharLM(model_config, vocab_size).to(device)
+        x = torch.randint(vocab_size, (batch, seq_len), device=device)
+        best = {"fp32": math.inf, "bf16": math.inf}
+        for i in range(4):
+            for name in best:
+                cast = (
+                    torch.autocast(device.type, dtype=torch.bfloat16)
+                    if name == "bf16"
+                    else contextlib.nullcontext()
+                )
+                start = time.perf_counter()
+                with cast:
+                    logits, _ = probe(x)
+                F.cross_entropy(logits.reshape(-1, vocab_size).float(), x.reshape(-1)).backward()
+                probe.zero_grad(set_to_none=True)
+                if i:
+                    best[name] = min(best[name], time.perf_counter() - start)
+    return best["fp32"], best["bf16"]
 
 
 def _hardware_bf16(device: torch.device) -> bool:
@@ -333,9 +377,11 @@ class Trainer:
             fused=self.fused_adamw,
         )
         self.state: State = self.model.init_state(self.local_batch, self.device)
+        self.precision_probe: dict[str, float] | None = None  # auto's timing, on a CPU
         self.precision, self.scaler = self._precision_check()
         self.step = 0
         self.elapsed = 0.0
+        self.eval_s = 0.0  # of `elapsed`, the seconds spent in interval evals
         self.best_val_loss = math.inf
         self.best_step = 0
         self.last_val: EvalResult | None = None
@@ -384,6 +430,7 @@ class Trainer:
             "vocab": self.data.vocab.to_dict(),
             "step": self.step,
             "elapsed_s": self.elapsed,
+            "eval_s": self.eval_s,
             "batcher": self.batcher.state_dict(),
             "window": {"loss_sum": float(window_loss), "steps": self.window_steps},
             "best_val_loss": None if math.isinf(self.best_val_loss) else self.best_val_loss,
@@ -431,6 +478,7 @@ class Trainer:
             self.window_steps = int(window["steps"])
             self.step = int(record["step"])
             self.elapsed = float(record["elapsed_s"])
+            self.eval_s = float(record.get("eval_s", 0.0))
             best = record.get("best_val_loss")
             self.best_val_loss = math.inf if best is None else float(best)
             self.best_step = int(record.get("best_step", 0))
@@ -502,6 +550,17 @@ class Trainer:
             )
         if precision == "auto":
             precision = "bf16" if native_bf16(self.device, self.config.model) else "fp32"
+            if precision == "bf16" and self.device.type == "cpu":
+                t = self.config.train
+                fp32_s, bf16_s = time_bf16_step(
+                    self.config.model, len(self.data.vocab), self.local_batch, t.seq_len,
+                    self.device,
+                )  # fmt: skip
+                self.precision_probe = {"fp32_step_s": fp32_s, "bf16_step_s": bf16_s}
+                faster = fp32_s >= BF16_MIN_SPEEDUP * bf16_s
+                # Every process must train in the same precision: bf16 if any timed it faster.
+                faster = distributed.agree_max([float(faster)], self.dist)[0] > 0
+                precision = "bf16" if faster else "fp32"
         elif (
             precision == "bf16"
             and self.device.type == "cpu"
@@ -692,6 +751,7 @@ class Trainer:
                 "run_dir": str(self.run_dir),
                 "device": str(self.device),
                 "precision": self.precision,
+                "precision_probe": self.precision_probe,
                 "parameters": self.model.num_parameters(),
                 "vocab_size": vocab_size,
                 "train_chars": len(self.data.splits.train),
@@ -752,6 +812,8 @@ class Trainer:
                 # eval_chars of val), so the best is the best; the final score is whole-split.
                 self.check_deferred()
                 result = self.evaluate(full=False)
+                if not done:  # the last evals run after the clock has stopped
+                    self.eval_s += result.seconds
                 self.last_val = result
                 row = row or {"step": self.step, "elapsed_s": round(self.elapsed, 3)}
                 row.update({"val_loss": result.loss, "val_bpc": result.bpc})
@@ -803,6 +865,7 @@ class Trainer:
             steps=self.step,
             elapsed_s=self.elapsed,
             chars_per_s=train_chars / max(self.elapsed, 1e-9),
+            eval_s=self.eval_s,
             parameters=self.model.num_parameters(),
             final_val=self.last_val,
             best_val_loss=self.best_val_loss,
@@ -815,7 +878,10 @@ class Trainer:
             "steps": result.steps,
             "elapsed_s": round(result.elapsed_s, 3),
             "chars_per_s": round(result.chars_per_s, 1),
+            "eval_s": round(result.eval_s, 3),
+            "step_chars_per_s": round(result.step_chars_per_s, 1),
             "precision": self.precision,
+            **({"precision_probe": self.precision_probe} if self.precision_probe else {}),
             "parameters": result.parameters,
             "final_val": result.final_val.to_dict(),
             "best_val_loss": result.best_val_loss,

@@ -64,6 +64,7 @@ def test_auto_precision_follows_the_hardware_and_is_recorded(
     import charlm.train as train_module
 
     monkeypatch.setattr(train_module, "native_bf16", lambda device, model: native)
+    monkeypatch.setattr(train_module, "time_bf16_step", lambda *args: (2.0, 1.0))
     extra = {"train.precision": "auto", "train.max_steps": 10, "train.eval_interval": 10}
     result = train(tiny_config(corpus_file, **extra), tmp_path / "run")
     want = "bf16" if native else "fp32"
@@ -74,13 +75,20 @@ def test_auto_precision_follows_the_hardware_and_is_recorded(
     assert record["grad_scaler"] is None  # auto never picks fp16
 
 
-def test_auto_on_the_cpu_is_bf16_exactly_where_onednn_has_native_bf16(
-    tmp_path: Path, corpus_file: Path
+@pytest.mark.parametrize("bf16_s", [0.5, 0.95])
+def test_auto_on_the_cpu_is_bf16_where_onednn_has_it_and_it_times_faster(
+    tmp_path: Path, corpus_file: Path, monkeypatch: pytest.MonkeyPatch, bf16_s: float
 ) -> None:
+    """A flag is not a speed-up: bf16 only where a timed step (fp32 1.0 s here) wins by 1.1x."""
+    import charlm.train as train_module
+
+    monkeypatch.setattr(train_module, "time_bf16_step", lambda *args: (1.0, bf16_s))
     config = tiny_config(corpus_file, **{"train.precision": "auto"})
     trainer = Trainer(config, tmp_path)
-    native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()) and bf16_s == 0.5
     assert trainer.precision == ("bf16" if native else "fp32")
+    if torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        assert trainer.precision_probe == {"fp32_step_s": 1.0, "bf16_step_s": bf16_s}
     x = torch.zeros(2, 4, dtype=torch.long)
     with trainer.autocast():
         logits, _ = trainer.model(x)
@@ -97,6 +105,19 @@ def test_auto_keeps_fp32_where_the_bf16_forward_fails(
     monkeypatch.setattr(train_module, "_bf16_forward_runs", lambda config, device: False)
     trainer = Trainer(tiny_config(corpus_file, **{"train.precision": "auto"}), tmp_path)
     assert trainer.precision == "fp32"
+
+
+def test_the_timed_probe_gives_each_precision_a_step_time(corpus_file: Path) -> None:
+    """Real timings, on a throwaway model: both positive, and the run's random streams kept."""
+    from charlm.train import time_bf16_step
+
+    config = tiny_config(corpus_file)
+    before = torch.get_rng_state()
+    if not bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()):
+        pytest.skip("this CPU has no AVX-512 BF16: auto never times bf16 here")
+    fp32_s, bf16_s = time_bf16_step(config.model, 12, 4, 16, torch.device("cpu"))
+    assert 0 < fp32_s < 10 and 0 < bf16_s < 10
+    assert torch.equal(torch.get_rng_state(), before)
 
 
 def test_resolving_auto_leaves_the_random_streams_alone(tmp_path: Path, corpus_file: Path) -> None:

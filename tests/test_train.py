@@ -99,6 +99,27 @@ def test_time_budget_stops_the_run(tmp_path: Path, corpus_file: Path) -> None:
     assert result.steps >= 1
 
 
+def test_interval_evals_are_timed_apart_from_the_steps(tmp_path: Path, corpus_file: Path) -> None:
+    """Evals inside the clock are counted in eval_s; the final one, after the clock, is not."""
+    quiet = train(
+        tiny_config(corpus_file, **{"train.max_steps": 30, "train.eval_interval": 1000}),
+        tmp_path / "quiet",
+    )
+    assert quiet.eval_s == 0.0
+    assert quiet.step_chars_per_s == pytest.approx(quiet.chars_per_s)
+    busy = train(
+        tiny_config(corpus_file, **{"train.max_steps": 30, "train.eval_interval": 5}),
+        tmp_path / "busy",
+    )
+    assert 0.0 < busy.eval_s < busy.elapsed_s
+    assert busy.step_chars_per_s > busy.chars_per_s
+    chars = busy.chars_per_s * busy.elapsed_s
+    assert busy.step_chars_per_s == pytest.approx(chars / (busy.elapsed_s - busy.eval_s))
+    summary = json.loads((tmp_path / "busy/summary.json").read_text())
+    assert summary["eval_s"] == round(busy.eval_s, 3)
+    assert summary["step_chars_per_s"] == round(busy.step_chars_per_s, 1)
+
+
 def test_existing_run_folder_is_never_overwritten(tmp_path: Path, corpus_file: Path) -> None:
     run = tmp_path / "run"
     run.mkdir()
