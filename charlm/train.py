@@ -288,19 +288,28 @@ Xeon with the same flag but no AMX exposed, 0.7-0.9x (docs/benchmarks.md)."""
 
 
 def time_bf16_step(
-    model_config: ModelConfig, vocab_size: int, batch: int, seq_len: int, device: torch.device
+    model_config: ModelConfig,
+    vocab_size: int,
+    batch: int,
+    seq_len: int,
+    device: torch.device,
+    budget_s: float = 2.0,
 ) -> tuple[float, float]:
     """-> (fp32, bf16) seconds of one forward and backward of this model at this batch shape.
 
     A throwaway model with its own weights (the run's random streams are left as they were);
-    after one warm-up step each, three steps of each precision alternate so a noisy machine
-    slows both alike, and the fastest of each counts. About eight training steps in all.
+    after one warm-up step each, up to three steps of each precision alternate so a noisy machine
+    slows both alike, and the fastest of each counts: about eight training steps, or four once
+    the probe has taken `budget_s` (a big model's step is slow enough to time once).
     """
+    began = time.perf_counter()
     with torch.random.fork_rng(devices=[]):
         probe = CharLM(model_config, vocab_size).to(device)
         x = torch.randint(vocab_size, (batch, seq_len), device=device)
         best = {"fp32": math.inf, "bf16": math.inf}
         for i in range(4):
+            if i > 1 and time.perf_counter() - began > budget_s:
+                break
             for name in best:
                 cast = (
                     torch.autocast(device.type, dtype=torch.bfloat16)

@@ -117,6 +117,8 @@ def test_the_timed_probe_gives_each_precision_a_step_time(corpus_file: Path) -> 
         pytest.skip("this CPU has no AVX-512 BF16: auto never times bf16 here")
     fp32_s, bf16_s = time_bf16_step(config.model, 12, 4, 16, torch.device("cpu"))
     assert 0 < fp32_s < 10 and 0 < bf16_s < 10
+    once = time_bf16_step(config.model, 12, 4, 16, torch.device("cpu"), budget_s=0.0)
+    assert all(0 < s < 10 for s in once)  # a spent budget still times each precision once
     assert torch.equal(torch.get_rng_state(), before)
 
 
