@@ -311,13 +311,8 @@ def time_bf16_step(
             if i > 1 and time.perf_counter() - began > budget_s:
                 break
             for name in best:
-                cast = (
-                    torch.autocast(device.type, dtype=torch.bfloat16)
-                    if name == "bf16"
-                    else contextlib.nullcontext()
-                )
                 start = time.perf_counter()
-                with cast:
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=name == "bf16"):
                     logits, _ = probe(x)
                 F.cross_entropy(logits.reshape(-1, vocab_size).float(), x.reshape(-1)).backward()
                 probe.zero_grad(set_to_none=True)
