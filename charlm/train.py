@@ -272,11 +272,11 @@ def _bf16_forward_runs(model_config: ModelConfig, device: torch.device) -> bool:
 
 
 def native_bf16(device: torch.device, model_config: ModelConfig) -> bool:
-    """Whether `train.precision: auto` trains this model in bf16 on `device`.
-
-    Only where the hardware has bf16 arithmetic: there it measured faster at the same loss per
-    step (docs/benchmarks.md). Elsewhere oneDNN either refuses the fused cell or emulates bf16,
-    which is slower than fp32, so auto keeps fp32.
+    """Whether `train.precision: auto` may train this model in bf16 on `device`: the hardware has
+    bf16 arithmetic and the model runs in it. Elsewhere oneDNN either refuses the fused cell or
+    emulates bf16, which is slower than fp32, so auto keeps fp32. On a GPU this decides; on a
+    CPU the flag did not say whether bf16 is faster (docs/benchmarks.md), so the trainer then
+    also times a step in each (`time_bf16_step`).
     """
     return _hardware_bf16(device) and _bf16_forward_runs(model_config, device)
 
