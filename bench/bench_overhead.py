@@ -6,8 +6,10 @@ minimal loop does nothing else; charlm runs its whole `train()` (logging, interv
 checkpoints, divergence guard). Two charlm figures are given: chars/s over the whole clock
 (interval evals included, the final evaluation not), and chars/s outside the interval evals
 (`TrainResult.step_chars_per_s`), which is the loop's own speed; the evals' share of the clock is
-shown beside them, since the issue bounds it separately (about 5%). Rounds alternate between the
-two so a noisy machine slows both alike; the table gives each round and the median ratios. Both
+shown beside them, since the issue bounds it separately (about 5%). Each round runs both, and the
+order flips from round to round (minimal first, then charlm first, ...), so a machine whose speed
+drifts within a round favours neither side over the rounds; the table gives each round, the
+median ratios and the pooled ratio (all characters over all seconds of each side). Both
 run with the allocator setting charlm's trainer makes for its process
 (`charlm.train.keep_freed_memory`, made here first), so the ratio is the loop's own cost.
 
@@ -101,8 +103,12 @@ def main() -> None:
     text = read_corpus(args.corpus)
     rows = []
     for r in range(args.rounds):
-        plain = minimal_loop(text, args.cell, args.steps, args.batch, args.seq, r)
-        ours = charlm_run(args.corpus, args.cell, args.steps, args.batch, args.seq, r)
+        if r % 2 == 0:
+            plain = minimal_loop(text, args.cell, args.steps, args.batch, args.seq, r)
+            ours = charlm_run(args.corpus, args.cell, args.steps, args.batch, args.seq, r)
+        else:
+            ours = charlm_run(args.corpus, args.cell, args.steps, args.batch, args.seq, r)
+            plain = minimal_loop(text, args.cell, args.steps, args.batch, args.seq, r)
         rows.append((plain, ours))
     print(
         "| round | minimal loop chars/s | charlm chars/s, all | ratio | evals' share "
@@ -118,6 +124,14 @@ def main() -> None:
     share = statistics.median(o[2] for _, o in rows)
     steps_ratio = statistics.median(o[1] / p for p, o in rows)
     print(f"| median | | | **{ratio:.3f}** | {share:.1%} | | **{steps_ratio:.3f}** |")
+    # Every run trains the same characters, so the pooled rate is the harmonic mean of rates.
+    pooled = statistics.harmonic_mean([o[0] for _, o in rows])
+    pooled_steps = statistics.harmonic_mean([o[1] for _, o in rows])
+    plain_pooled = statistics.harmonic_mean([p for p, _ in rows])
+    print(
+        f"| pooled | {plain_pooled:,.0f} | {pooled:,.0f} | **{pooled / plain_pooled:.3f}** | "
+        f"| {pooled_steps:,.0f} | **{pooled_steps / plain_pooled:.3f}** |"
+    )
     print(
         f"\n{args.cell} 2x256, batch {args.batch}, seq {args.seq}, {args.steps} steps per side, "
         f"torch {torch.__version__}, {torch.get_num_threads()} threads"

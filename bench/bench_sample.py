@@ -4,8 +4,9 @@ The plain loop is what one writes first: embedding -> nn.LSTM/GRU -> linear -> s
 torch.multinomial, one model call per character with the hidden state carried. charlm's figure is
 the public API (`generate` at batch 1, `generate_batch` above), characters included. Weights are
 random: speed does not depend on training. Each figure is the median of --repeats runs, and the
-three (plain, charlm, charlm with bf16 products) are measured in turn so background load hits
-all alike.
+four (plain, charlm, charlm with bf16 products, charlm with int8 weights) are measured in turn so
+background load hits all alike. (What bf16 and int8 cost a trained model in loss:
+`charlm eval RUN --precision P`.)
 
 Threads are what `charlm sample` uses, for both loops alike: one at batch 1 (a single stream's
 products are too small to split), all of torch's at larger batches; --threads N fixes N for all.
@@ -33,6 +34,7 @@ from charlm.model import CharLM  # noqa: E402
 from charlm.sample import generate_batch  # noqa: E402
 from charlm.vocab import Vocab  # noqa: E402
 
+PRECISIONS = ("fp32", "bf16", "int8")  # charlm sample --precision
 CASES = [  # (cell, layers, hidden, batch)
     ("lstm", 2, 256, 1),
     ("lstm", 2, 256, 32),
@@ -89,10 +91,11 @@ def main() -> None:
         f"{args.repeats}, torch {torch.__version__}\n"
     )
     print(
-        "| cell | layers x hidden | batch | threads | plain loop chars/s | charlm chars/s "
-        "| speed-up | charlm --precision bf16 chars/s |"
+        "| cell | layers x hidden | batch | threads | plain loop chars/s | "
+        + " | ".join(f"charlm {q} chars/s (x plain)" for q in PRECISIONS)
+        + " |"
     )
-    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| --- | --- | ---: | ---: | ---: | " + " | ".join("---:" for _ in PRECISIONS) + " |")
     for cell, layers, hidden, batch in CASES:
         threads = args.threads or (1 if batch == 1 else all_threads)
         torch.set_num_threads(threads)
@@ -100,17 +103,21 @@ def main() -> None:
         config = ModelConfig(cell=cell, embedding_dim=64, hidden_size=hidden, num_layers=layers)
         model = CharLM(config, len(vocab)).eval()
         plain_loop(model, vocab, batch, 50)  # warm-up
-        charlm_sampler(model, vocab, batch, 50)
-        charlm_sampler(model, vocab, batch, 50, "bf16")
-        plain, fast, low = [], [], []
+        for precision in PRECISIONS:
+            charlm_sampler(model, vocab, batch, 50, precision)
+        plain: list[float] = []
+        ours: dict[str, list[float]] = {precision: [] for precision in PRECISIONS}
         for _ in range(args.repeats):
             plain.append(plain_loop(model, vocab, batch, args.chars))
-            fast.append(charlm_sampler(model, vocab, batch, args.chars))
-            low.append(charlm_sampler(model, vocab, batch, args.chars, "bf16"))
-        p, f, b = statistics.median(plain), statistics.median(fast), statistics.median(low)
+            for precision in PRECISIONS:
+                ours[precision].append(charlm_sampler(model, vocab, batch, args.chars, precision))
+        p = statistics.median(plain)
+        cells = " | ".join(
+            f"{statistics.median(ours[q]):,.0f} ({statistics.median(ours[q]) / p:.1f}x)"
+            for q in PRECISIONS
+        )
         print(
-            f"| {cell} | {layers} x {hidden} | {batch} | {threads} | {p:,.0f} | {f:,.0f} | "
-            f"{f / p:.1f}x | {b:,.0f} |",
+            f"| {cell} | {layers} x {hidden} | {batch} | {threads} | {p:,.0f} | {cells} |",
             flush=True,
         )
 

@@ -349,8 +349,9 @@ def sample(
     precision: str = typer.Option(
         "fp32",
         "--precision",
-        help="fp32, or bf16: matrix products in bfloat16 (faster on CPUs with AVX-512 BF16 and "
-        "on GPUs; probabilities move by about 1%, so a seed's text can change).",
+        help="fp32; bf16: matrix products in bfloat16 (faster on CPUs with AVX-512 BF16 and "
+        "on GPUs; probabilities move by about 1%); int8: weights in 8 bits, CPU only (about 2x "
+        "as fast on x86; probabilities move by a few %). Either can change a seed's text.",
     ),
     threads: int | None = typer.Option(
         None,
@@ -518,6 +519,13 @@ def eval_command(
         help="Run the weights on `fused` (nn.LSTM/nn.GRU) or `reference` (charlm/cells.py) "
         "cells; default: the one the model was trained with.",
     ),
+    precision: str | None = typer.Option(
+        None,
+        "--precision",
+        help="Score through the sampling steps with their products in fp32, bf16 or int8: "
+        "what `charlm sample --precision` costs the model. Default: the model's own forward.",
+        show_default=False,
+    ),
 ) -> None:
     """Mean loss (nats/char), bits per char and perplexity of a model on a split or a file.
 
@@ -525,16 +533,25 @@ def eval_command(
     a total row; its JSON is the total's numbers plus a "files" list.
     """
     from charlm.evaluate import evaluate_run
+    from charlm.stepper import PRECISIONS
     from charlm.vocab import check_unknown_policy
 
     if split not in ("val", "test", "train"):
         raise CharlmError(f"--split {split!r}: expected val, test or train")
+    if precision is not None and precision not in PRECISIONS:
+        raise CharlmError(f"--precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
     check_unknown_policy(unknown)
     if corpus is not None and (corpus.is_dir() or any(ch in str(corpus) for ch in "*?[")):
-        show_files(run, corpus, as_json, device, unknown, impl)
+        show_files(run, corpus, as_json, device, unknown, impl, precision)
         return
     result = evaluate_run(
-        run, corpus=corpus, split=split, device=device, unknown=unknown, impl=impl
+        run,
+        corpus=corpus,
+        split=split,
+        device=device,
+        unknown=unknown,
+        impl=impl,
+        precision=precision,
     )
     scored = str(corpus) if corpus is not None else f"{split} split"
     if as_json:
@@ -925,12 +942,20 @@ def data_fetch(
 
 
 def show_files(
-    run: Path, corpus: Path, as_json: bool, device: str, unknown: str, impl: str | None
+    run: Path,
+    corpus: Path,
+    as_json: bool,
+    device: str,
+    unknown: str,
+    impl: str | None,
+    precision: str | None,
 ) -> None:
     """`charlm eval --corpus FOLDER`: one row per file and the total."""
     from charlm.evaluate import evaluate_files
 
-    found = evaluate_files(run, corpus, device=device, unknown=unknown, impl=impl)
+    found = evaluate_files(
+        run, corpus, device=device, unknown=unknown, impl=impl, precision=precision
+    )
     for name in found.skipped:
         err.print(f"skipped {name}: fewer than 2 characters", markup=False)
     if as_json:

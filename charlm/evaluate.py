@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -51,11 +51,14 @@ def evaluate_ids(
     chunk_len: int = EVAL_CHUNK,
     rows: Callable[[int], slice] | None = None,
     reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    precision: str | None = None,
 ) -> EvalResult:
     """Mean next-character loss over every character of `ids` after the first.
 
     For data-parallel evals, `rows(n_segments)` picks this process's segments and `reduce`
-    adds up the float64 loss sums of all processes.
+    adds up the float64 loss sums of all processes. With `precision` the text is scored through
+    the sampling steps in that precision (`charlm.stepper`) instead of the model's forward: what
+    sampling in it costs the model, in the same units.
     """
     start = time.perf_counter()
     was_training = model.training
@@ -66,10 +69,13 @@ def evaluate_ids(
     if rows is not None:
         x, y = x[rows(n_streams)], y[rows(n_streams)]
     x, y = x.to(device), y.to(device)
-    state = model.init_state(x.shape[0], device)
     total = torch.zeros((), dtype=torch.float64, device=device)
-    for t in range(0, x.shape[1] if x.shape[0] else 0, chunk_len):
-        logits, state = model(x[:, t : t + chunk_len], state)
+    chunks = (
+        model_chunks(model, x, chunk_len, device)
+        if precision is None
+        else step_chunks(model, x, chunk_len, precision)
+    )
+    for t, logits in chunks:
         total += F.cross_entropy(
             logits.reshape(-1, logits.shape[-1]).float(),
             y[:, t : t + chunk_len].reshape(-1),
@@ -90,6 +96,38 @@ def evaluate_ids(
     )
 
 
+def model_chunks(
+    model: CharLM, x: torch.Tensor, chunk_len: int, device: torch.device
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """(start, logits [streams, chunk, vocab]) through the model's forward, state carried."""
+    state = model.init_state(x.shape[0], device)
+    for t in range(0, x.shape[1] if x.shape[0] else 0, chunk_len):
+        logits, state = model(x[:, t : t + chunk_len], state)
+        yield t, logits
+
+
+def step_chunks(
+    model: CharLM, x: torch.Tensor, chunk_len: int, precision: str
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """The same logits as `model_chunks`, computed one step at a time as sampling does."""
+    from charlm.stepper import PRECISIONS, make_stepper
+
+    if precision not in PRECISIONS:
+        raise CharlmError(f"--precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+    if not x.shape[0]:
+        return
+    stepper = make_stepper(model, precision=precision)
+    logits, state = stepper.start(x[:, :1])
+    steps = [logits]
+    for t in range(1, x.shape[1] + 1):
+        if len(steps) == chunk_len or t == x.shape[1]:
+            yield t - len(steps), torch.stack(steps, 1)
+            steps = []
+        if t < x.shape[1]:
+            logits, state = stepper.step(x[:, t], state)
+            steps.append(logits)
+
+
 def evaluate_run(
     run: str | Path,
     corpus: str | Path | None = None,
@@ -98,11 +136,13 @@ def evaluate_run(
     streams: int | None = None,
     unknown: str = "error",
     impl: str | None = None,
+    precision: str | None = None,
 ) -> EvalResult:
     """Score a run's checkpoint on a split of its own corpus, or on any text file or folder.
 
     `unknown` is the policy for characters of `corpus` outside the vocabulary (see
-    `Vocab.encode`); the run's own corpus is encoded as in training.
+    `Vocab.encode`); the run's own corpus is encoded as in training. `precision` scores
+    through the sampling steps (see `evaluate_ids`).
     """
     from dataclasses import replace
 
@@ -121,7 +161,7 @@ def evaluate_run(
             raise CharlmError(f"{corpus}: {e}") from None
         if len(ids) < 2:
             raise CharlmError(f"{corpus}: too short to score; need at least 2 characters")
-        return evaluate_ids(loaded.model, ids, n_streams)
+        return evaluate_ids(loaded.model, ids, n_streams, precision=precision)
     record = loaded.checkpoint.record.get("corpus", {})
     spec = record.get("resolved", data.corpus)
     found = prepare_corpus(replace(data, corpus=spec))  # the id cache training built
@@ -137,7 +177,7 @@ def evaluate_run(
             f"split {split!r} of {found.source} has {len(part)} characters; nothing to score "
             f"(set data.test_fraction when training to have a test split)"
         )
-    return evaluate_ids(loaded.model, part, n_streams)
+    return evaluate_ids(loaded.model, part, n_streams, precision=precision)
 
 
 @dataclass(frozen=True)
@@ -178,6 +218,7 @@ def evaluate_files(
     streams: int | None = None,
     unknown: str = "error",
     impl: str | None = None,
+    precision: str | None = None,
 ) -> FilesResult:
     """Score every file of a folder or glob on its own (state reset between files), and the total.
 
@@ -203,7 +244,7 @@ def evaluate_files(
             ids = loaded.vocab.encode(text, unknown)
         except CharlmError as e:
             raise CharlmError(f"{path}: {e}") from None
-        scored.append((str(path), evaluate_ids(loaded.model, ids, n_streams)))
+        scored.append((str(path), evaluate_ids(loaded.model, ids, n_streams, precision=precision)))
     if not scored:
         raise CharlmError(f"{corpus}: no file with at least 2 characters to score")
     return FilesResult(

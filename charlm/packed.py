@@ -15,6 +15,9 @@ the GRU's training layer, charlm.gru, the same packing timed slower: 0.89x and 0
 
 from __future__ import annotations
 
+import warnings
+from typing import Any
+
 import torch
 
 Tensor = torch.Tensor
@@ -86,3 +89,62 @@ def _reorder(linear: Tensor, batch: int) -> Tensor:
 
 def _packed_product(x: Tensor, pack: Tensor, b: Tensor | None) -> Tensor:
     return torch.ops.mkldnn._linear_pointwise(x, pack, b, "none", [], "")
+
+
+class Int8Weight:
+    """`b + x @ w` with w stored as int8 (one scale per output column) for fbgemm/oneDNN's
+    dynamic int8 product: each call quantizes x to 8 bits over its own range, multiplies in
+    integers and adds the fp32 bias. Sampling only (`--precision int8`).
+
+    Why: at batch 1 a step's time is the weights streaming through the cache, and a 2x256 LSTM's
+    fp32 step weights (3.1 MB) spill out of a core's 2 MiB L2 every step, where int8's quarter
+    stays in it; at batch 32 the integer products run at about twice fp32's rate with AVX-512
+    VNNI. The cost is precision: the logits move by a few percent (docs/sampling.md).
+    """
+
+    def __init__(self, w: Tensor, b: Tensor) -> None:
+        self.w = w  # kept in fp32 for the prime's one recurrent product
+        linear = w.t().float().contiguous()  # [out, in], as the packing reads a linear weight
+        scales = linear.abs().amax(1).clamp_min(1e-12) / 127
+        self.pack = _int8_pack(linear, scales, b.float().contiguous())
+        # Without VNNI the 8-bit kernels sum pairs of products in 16 bits, which can saturate
+        # unless the inputs use 7 bits; with VNNI they sum in 32 bits and all 8 are safe.
+        self.reduce_range = not _has_vnni()
+
+    def addmm(self, b: Tensor, x: Tensor) -> Tensor:
+        """`b + x @ w`; b must be the bias given at construction (it is packed in)."""
+        return torch.ops.quantized.linear_dynamic(x, self.pack, self.reduce_range)
+
+
+class Int8Unavailable(RuntimeError):
+    """This torch build or CPU has no working int8 product."""
+
+
+def _has_vnni() -> bool:
+    check = getattr(torch.cpu, "_is_vnni_supported", None)
+    return bool(check()) if check is not None else False
+
+
+def _int8_pack(linear: Tensor, scales: Tensor, bias: Tensor) -> Any:
+    """fbgemm's (or oneDNN's) packed int8 weight, checked on a probe against the fp32 product."""
+    if linear.device.type != "cpu" or not hasattr(torch.ops.quantized, "linear_dynamic"):
+        raise Int8Unavailable("int8 products run on the CPU only")
+    out = linear.shape[0]
+    try:
+        with warnings.catch_warnings():
+            # torch marks quantized tensors for removal in a later release; 2.13 has them, and
+            # a build without them is refused below with a clear message.
+            warnings.simplefilter("ignore")
+            q = torch.quantize_per_channel(
+                linear, scales.double(), torch.zeros(out, dtype=torch.long), 0, torch.qint8
+            )
+            pack = torch.ops.quantized.linear_prepack(q, bias)
+            probe = torch.linspace(-1, 1, 4 * linear.shape[1]).view(4, -1)
+            got = torch.ops.quantized.linear_dynamic(probe, pack, not _has_vnni())
+    except (RuntimeError, NotImplementedError, AttributeError) as e:
+        raise Int8Unavailable(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
+    expected = torch.addmm(bias, probe, linear.t())
+    scale = float((probe.abs().sum(1, keepdim=True) * (scales * 127)).max()) + 1e-6
+    if got.shape != expected.shape or float((got - expected).abs().max()) > 0.05 * scale:
+        raise Int8Unavailable("the int8 product disagreed with fp32 on a probe")
+    return pack
