@@ -13,7 +13,13 @@ median ratios and the pooled ratio (all characters over all seconds of each side
 run with the allocator setting charlm's trainer makes for its process
 (`charlm.train.keep_freed_memory`, made here first), so the ratio is the loop's own cost.
 
+With --interleave N the two steps instead run in one process, alternating in chunks of --chunk
+steps for N rounds: charlm's batcher and `Trainer.train_step` (everything a step does, without the
+run's logging, evals and checkpoints) against the minimal step. Whole runs tens of seconds apart
+see a machine whose speed drifts by more than the 3% in question; chunks a second apart do not.
+
     python bench/bench_overhead.py [CORPUS] [--steps 300] [--rounds 3] [--cell lstm]
+    python bench/bench_overhead.py [CORPUS] --interleave 40 [--chunk 10]
 """
 
 from __future__ import annotations
@@ -22,7 +28,9 @@ import argparse
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,12 +39,21 @@ from common import DEFAULT_CORPUS, read_corpus
 from torch import nn
 
 from charlm.config import load_config
-from charlm.train import keep_freed_memory, train
+from charlm.train import Trainer, keep_freed_memory, train
 from charlm.vocab import Vocab
 
 
 def minimal_loop(text: str, cell: str, steps: int, batch: int, seq: int, seed: int) -> float:
     """The plainest correct loop: returns training characters per second."""
+    step = minimal_step(text, cell, batch, seq, seed)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    return steps * batch * seq / (time.perf_counter() - start)
+
+
+def minimal_step(text: str, cell: str, batch: int, seq: int, seed: int) -> Callable[[], None]:
+    """One step of the plainest correct loop per call (its model, optimizer and state inside)."""
     torch.manual_seed(seed)
     vocab = Vocab.from_text(text)
     ids = torch.from_numpy(vocab.encode(text).astype(np.int64))
@@ -48,10 +65,13 @@ def minimal_loop(text: str, cell: str, steps: int, batch: int, seq: int, seed: i
     head = nn.Linear(256, len(vocab))
     params = [*emb.parameters(), *rnn.parameters(), *head.parameters()]
     opt = torch.optim.AdamW(params, lr=3e-3, betas=(0.9, 0.99), weight_decay=0.0, fused=True)
-    state = None
-    start = time.perf_counter()
-    for step in range(steps):
-        p = (step * seq) % (stream_len - seq - 1)
+    state: Any = None
+    count = 0
+
+    def step() -> None:
+        nonlocal state, count
+        p = (count * seq) % (stream_len - seq - 1)
+        count += 1
         x, y = streams[:, p : p + seq], streams[:, p + 1 : p + seq + 1]
         out, state = rnn(emb(x), state)
         state = tuple(s.detach() for s in state) if cell == "lstm" else state.detach()
@@ -60,7 +80,65 @@ def minimal_loop(text: str, cell: str, steps: int, batch: int, seq: int, seed: i
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-    return steps * batch * seq / (time.perf_counter() - start)
+
+    return step
+
+
+def charlm_step(corpus: Path, cell: str, batch: int, seq: int, seed: int) -> Callable[[], None]:
+    """One step of charlm's trainer per call: its batcher, state reset and `train_step` (the
+    forward, backward, clipping, divergence check and AdamW update), without the run around it."""
+    config = load_config(
+        None,
+        [
+            f"data.corpus={corpus}",
+            f"model.cell={cell}",
+            f"train.batch_size={batch}",
+            f"train.seq_len={seq}",
+            f"train.seed={seed}",
+            "train.device=cpu",
+        ],
+    )
+    trainer = Trainer(config, Path(tempfile.mkdtemp()) / "run")
+
+    def step() -> None:
+        x, y, fresh = trainer.batcher.next()
+        if fresh:
+            trainer.state = trainer.model.init_state(batch, trainer.device)
+        trainer.train_step(x, y)
+
+    return step
+
+
+def interleaved(args: argparse.Namespace, text: str) -> None:
+    """Both steps in one process, alternating in chunks of --chunk steps (ABBA order), so both
+    see the same machine from second to second; the table gives median and fastest chunks."""
+    sides = {
+        "minimal": minimal_step(text, args.cell, args.batch, args.seq, 0),
+        "charlm": charlm_step(args.corpus, args.cell, args.batch, args.seq, 0),
+    }
+    times: dict[str, list[float]] = {name: [] for name in sides}
+    for r in range(args.interleave + 2):  # the first two rounds warm up and are dropped
+        order = list(sides) if r % 2 == 0 else list(reversed(sides))
+        for name in order:
+            start = time.perf_counter()
+            for _ in range(args.chunk):
+                sides[name]()
+            if r >= 2:
+                times[name].append((time.perf_counter() - start) / args.chunk)
+    chars = args.batch * args.seq
+    print("| side | median chars/s | fastest chunk chars/s | chunks |")
+    print("| --- | ---: | ---: | ---: |")
+    for name, spans in times.items():
+        print(
+            f"| {name} | {chars / statistics.median(spans):,.0f} | {chars / min(spans):,.0f} "
+            f"| {len(spans)} x {args.chunk} steps |"
+        )
+    paired = [m / c for m, c in zip(times["minimal"], times["charlm"], strict=True)]
+    print(
+        f"\ncharlm / minimal: median of paired chunks {statistics.median(paired):.3f}, "
+        f"fastest chunks {min(times['minimal']) / min(times['charlm']):.3f}, all time "
+        f"{sum(times['minimal']) / sum(times['charlm']):.3f}"
+    )
 
 
 def charlm_run(
@@ -96,11 +174,25 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--seq", type=int, default=128)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument(
+        "--interleave",
+        type=int,
+        default=0,
+        help="instead of whole runs: this many rounds of --chunk steps a side, in one process",
+    )
+    parser.add_argument("--chunk", type=int, default=10)
     args = parser.parse_args()
     keep_freed_memory()
     if args.threads:
         torch.set_num_threads(args.threads)
     text = read_corpus(args.corpus)
+    if args.interleave:
+        interleaved(args, text)
+        print(
+            f"\n{args.cell} 2x256, batch {args.batch}, seq {args.seq}, torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads"
+        )
+        return
     rows = []
     for r in range(args.rounds):
         if r % 2 == 0:
