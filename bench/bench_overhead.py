@@ -38,7 +38,7 @@ import torch.nn.functional as F
 from common import DEFAULT_CORPUS, read_corpus
 from torch import nn
 
-from charlm.config import load_config
+from charlm.config import Config, load_config
 from charlm.train import Trainer, keep_freed_memory, train
 from charlm.vocab import Vocab
 
@@ -84,10 +84,9 @@ def minimal_step(text: str, cell: str, batch: int, seq: int, seed: int) -> Calla
     return step
 
 
-def charlm_step(corpus: Path, cell: str, batch: int, seq: int, seed: int) -> Callable[[], None]:
-    """One step of charlm's trainer per call: its batcher, state reset and `train_step` (the
-    forward, backward, clipping, divergence check and AdamW update), without the run around it."""
-    config = load_config(
+def bench_config(corpus: Path, cell: str, batch: int, seq: int, seed: int, *extra: str) -> Config:
+    """charlm's defaults (the minimal loop's model) at this cell, batch and sequence length."""
+    return load_config(
         None,
         [
             f"data.corpus={corpus}",
@@ -96,9 +95,17 @@ def charlm_step(corpus: Path, cell: str, batch: int, seq: int, seed: int) -> Cal
             f"train.seq_len={seq}",
             f"train.seed={seed}",
             "train.device=cpu",
+            *extra,
         ],
     )
-    trainer = Trainer(config, Path(tempfile.mkdtemp()) / "run")
+
+
+def charlm_step(corpus: Path, cell: str, batch: int, seq: int, seed: int) -> Callable[[], None]:
+    """One step of charlm's trainer per call: its batcher, state reset and `train_step` (the
+    forward, backward, clipping, divergence check and AdamW update), without the run around it."""
+    trainer = Trainer(
+        bench_config(corpus, cell, batch, seq, seed), Path(tempfile.mkdtemp()) / "run"
+    )
 
     def step() -> None:
         x, y, fresh = trainer.batcher.next()
@@ -145,20 +152,16 @@ def charlm_run(
     corpus: Path, cell: str, steps: int, batch: int, seq: int, seed: int
 ) -> tuple[float, float, float]:
     """-> (chars/s over the whole clock, chars/s outside interval evals, evals' share)."""
-    config = load_config(
-        None,
-        [
-            f"data.corpus={corpus}",
-            f"model.cell={cell}",
-            f"train.batch_size={batch}",
-            f"train.seq_len={seq}",
-            f"train.max_steps={steps}",
-            "train.eval_interval=200",
-            "train.eval_chars=100000",
-            "train.checkpoint_interval=500",
-            f"train.seed={seed}",
-            "train.device=cpu",
-        ],
+    config = bench_config(
+        corpus,
+        cell,
+        batch,
+        seq,
+        seed,
+        f"train.max_steps={steps}",
+        "train.eval_interval=200",
+        "train.eval_chars=100000",
+        "train.checkpoint_interval=500",
     )
     with tempfile.TemporaryDirectory() as tmp:
         result = train(config, Path(tmp) / "run")

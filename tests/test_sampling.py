@@ -312,12 +312,19 @@ def test_bf16_steps_stay_close_to_the_fp32_model(cell: str, fast: bool) -> None:
     assert not torch.allclose(got, expected[:, 6:], rtol=1e-5, atol=1e-5)  # bf16 really ran
 
 
-def test_bf16_sampling_is_reproducible_and_bad_precisions_are_refused() -> None:
-    model = random_model("lstm", seed=6)
-    one = sample_batch(model, VOCAB, "ab", 40, seed=3, num_samples=3, precision="bf16")
-    two = sample_batch(model, VOCAB, "ab", 40, seed=3, num_samples=3, precision="bf16")
+@pytest.mark.parametrize(("precision", "cell"), [("bf16", "lstm"), ("int8", "gru")])
+def test_low_precision_sampling_is_reproducible(precision: str, cell: str) -> None:
+    model = random_model(cell, seed=6)
+    one = sample_batch(model, VOCAB, "ab", 40, seed=3, num_samples=3, precision=precision)
+    two = sample_batch(model, VOCAB, "ab", 40, seed=3, num_samples=3, precision=precision)
     assert [s.text for s in one] == [s.text for s in two]
     assert all(len(s.text) == 40 for s in one)
+    single = "".join(generate(model, VOCAB, "ab", 40, seed=4, precision=precision))
+    assert single == one[1].text  # sample i of a batch is seed + i alone, in any precision
+
+
+def test_bad_precisions_are_refused() -> None:
+    model = random_model("lstm", seed=6)
     with pytest.raises(CharlmError, match=r"--precision 'fp16': expected one of fp32, bf16"):
         list(generate(model, VOCAB, "a", 5, precision="fp16"))
     with pytest.raises(CharlmError, match=r"--precision .int4."):
