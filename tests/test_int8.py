@@ -18,7 +18,7 @@ from charlm.errors import CharlmError
 from charlm.evaluate import evaluate_ids, evaluate_run
 from charlm.model import CharLM
 from charlm.packed import Int8Weight
-from charlm.sample import generate
+from charlm.sample import beam_search, generate
 from charlm.stepper import GRUStepper, LSTMStepper, make_stepper
 from charlm.vocab import Vocab
 
@@ -113,3 +113,14 @@ def test_cli_sample_and_eval_in_int8(trained_run: Path) -> None:
     bad = runner.invoke(app, ["eval", run, "--precision", "fp16"])
     assert bad.exit_code == 1 and "Traceback" not in bad.stderr
     assert "--precision 'fp16': expected one of fp32, bf16, int8" in bad.stderr
+
+
+def test_int8_beam_of_one_is_int8_greedy() -> None:
+    # Beam search reorders the int8 steppers' states; with one beam it must follow greedy.
+    model = model_with_weights("lstm", seed=3)
+    (best,) = beam_search(model, VOCAB, "ab", 30, beam=1, precision="int8")
+    greedy = "".join(generate(model, VOCAB, "ab", 30, temperature=0, precision="int8"))
+    assert best.text == greedy
+    wide = beam_search(model, VOCAB, "ab", 30, beam=4, num_samples=4, precision="int8")
+    assert wide[0].logprob >= best.logprob - 1e-6  # here the wider beam finds no worse a text
+    assert len({s.text for s in wide}) == 4
