@@ -351,7 +351,8 @@ def sample(
         "--precision",
         help="fp32; bf16: matrix products in bfloat16 (faster on CPUs with AVX-512 BF16 and "
         "on GPUs; probabilities move by about 1%); int8: weights in 8 bits, CPU only (about 2x "
-        "as fast on x86; probabilities move by a few %). Either can change a seed's text.",
+        "as fast on x86; `charlm eval RUN --precision int8` shows what it costs your model). "
+        "Either can change a seed's text.",
     ),
     threads: int | None = typer.Option(
         None,
