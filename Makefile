@@ -34,6 +34,7 @@ test-fast: $(STAMP)
 CORPUS ?= ../shared/data/tinyshakespeare.txt
 bench: $(STAMP)
 	$(BIN)/python bench/bench_overhead.py $(CORPUS) --steps 100 --rounds 3
+	$(BIN)/python bench/bench_overhead.py $(CORPUS) --interleave 10
 	$(BIN)/python bench/bench_sample.py $(CORPUS) --chars 500 --repeats 3
 	$(BIN)/python bench/bench_cells.py --steps 5
 	$(BIN)/python bench/bench_corpus.py --sizes 10 --repeats 1 --steps 10
