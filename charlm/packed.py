@@ -100,7 +100,7 @@ class Int8Weight:
     fp32 step weights (3.1 MB) spill out of a core's 2 MiB L2 every step, where int8's quarter
     stays in it; at batch 32 the integer products run at about twice fp32's rate with AVX-512
     VNNI. The cost is precision: a product moves by well under 1% of its scale, and a trained
-    preset model's val loss by 0.0002 nats or less (docs/sampling.md).
+    Tiny Shakespeare model's val loss by 0.0002 nats or less (docs/sampling.md).
     """
 
     def __init__(self, w: Tensor, b: Tensor) -> None:

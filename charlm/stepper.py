@@ -31,8 +31,8 @@ do each layer's step with one `addmm`, one `sigmoid` and a few element-wise call
   multiplied by fbgemm's dynamic int8 kernel, which quantizes h to 8 bits per call (one call,
   bias included; charlm.packed.Int8Weight). A 2x256 LSTM's step weights shrink from 3.1 MB to
   0.8 MB and stay in a core's L2 cache, and the integer products run at about twice fp32's rate
-  with AVX-512 VNNI. CPU only; a trained preset model's val loss moved by 0.0002 nats or less
-  (docs/sampling.md).
+  with AVX-512 VNNI. CPU only; a trained Tiny Shakespeare model's val loss moved by 0.0002
+  nats or less (docs/sampling.md).
 
 The prime is run through the model's own `forward` (one call for the whole prefix); only the
 per-character steps use the fast path. Any model the fast path does not understand (another cell,
