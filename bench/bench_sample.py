@@ -32,9 +32,9 @@ from common import DEFAULT_CORPUS, read_corpus  # noqa: E402
 from charlm.config import ModelConfig  # noqa: E402 (after the path line, to bench this checkout)
 from charlm.model import CharLM  # noqa: E402
 from charlm.sample import generate_batch  # noqa: E402
+from charlm.stepper import PRECISIONS  # noqa: E402 (charlm sample --precision)
 from charlm.vocab import Vocab  # noqa: E402
 
-PRECISIONS = ("fp32", "bf16", "int8")  # charlm sample --precision
 CASES = [  # (cell, layers, hidden, batch)
     ("lstm", 2, 256, 1),
     ("lstm", 2, 256, 32),

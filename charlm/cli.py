@@ -534,13 +534,13 @@ def eval_command(
     a total row; its JSON is the total's numbers plus a "files" list.
     """
     from charlm.evaluate import evaluate_run
-    from charlm.stepper import PRECISIONS
+    from charlm.stepper import check_precision
     from charlm.vocab import check_unknown_policy
 
     if split not in ("val", "test", "train"):
         raise CharlmError(f"--split {split!r}: expected val, test or train")
-    if precision is not None and precision not in PRECISIONS:
-        raise CharlmError(f"--precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+    if precision is not None:
+        check_precision(precision)
     check_unknown_policy(unknown)
     if corpus is not None and (corpus.is_dir() or any(ch in str(corpus) for ch in "*?[")):
         show_files(run, corpus, as_json, device, unknown, impl, precision)

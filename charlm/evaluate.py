@@ -71,7 +71,7 @@ def evaluate_ids(
     x, y = x.to(device), y.to(device)
     total = torch.zeros((), dtype=torch.float64, device=device)
     chunks = (
-        model_chunks(model, x, chunk_len, device)
+        model_chunks(model, x, chunk_len)
         if precision is None
         else step_chunks(model, x, chunk_len, precision)
     )
@@ -97,10 +97,10 @@ def evaluate_ids(
 
 
 def model_chunks(
-    model: CharLM, x: torch.Tensor, chunk_len: int, device: torch.device
+    model: CharLM, x: torch.Tensor, chunk_len: int
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """(start, logits [streams, chunk, vocab]) through the model's forward, state carried."""
-    state = model.init_state(x.shape[0], device)
+    state = model.init_state(x.shape[0], x.device)
     for t in range(0, x.shape[1] if x.shape[0] else 0, chunk_len):
         logits, state = model(x[:, t : t + chunk_len], state)
         yield t, logits
@@ -110,10 +110,8 @@ def step_chunks(
     model: CharLM, x: torch.Tensor, chunk_len: int, precision: str
 ) -> Iterator[tuple[int, torch.Tensor]]:
     """The same logits as `model_chunks`, computed one step at a time as sampling does."""
-    from charlm.stepper import PRECISIONS, make_stepper
+    from charlm.stepper import make_stepper
 
-    if precision not in PRECISIONS:
-        raise CharlmError(f"--precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
     if not x.shape[0]:
         return
     stepper = make_stepper(model, precision=precision)

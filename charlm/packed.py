@@ -107,10 +107,10 @@ class Int8Weight:
         self.w = w  # kept in fp32 for the prime's one recurrent product
         linear = w.t().float().contiguous()  # [out, in], as the packing reads a linear weight
         scales = linear.abs().amax(1).clamp_min(1e-12) / 127
-        self.pack = _int8_pack(linear, scales, b.float().contiguous())
         # Without VNNI the 8-bit kernels sum pairs of products in 16 bits, which can saturate
         # unless the inputs use 7 bits; with VNNI they sum in 32 bits and all 8 are safe.
         self.reduce_range = not _has_vnni()
+        self.pack = _int8_pack(linear, scales, b.float().contiguous(), self.reduce_range)
 
     def addmm(self, b: Tensor, x: Tensor) -> Tensor:
         """`b + x @ w`; b must be the bias given at construction (it is packed in)."""
@@ -126,7 +126,7 @@ def _has_vnni() -> bool:
     return bool(check()) if check is not None else False
 
 
-def _int8_pack(linear: Tensor, scales: Tensor, bias: Tensor) -> Any:
+def _int8_pack(linear: Tensor, scales: Tensor, bias: Tensor, reduce_range: bool) -> Any:
     """fbgemm's (or oneDNN's) packed int8 weight, checked on a probe against the fp32 product."""
     if linear.device.type != "cpu":
         raise Int8Unavailable("int8 products run on the CPU only")
@@ -143,7 +143,7 @@ def _int8_pack(linear: Tensor, scales: Tensor, bias: Tensor) -> Any:
             )
             pack = torch.ops.quantized.linear_prepack(q, bias)
             probe = torch.linspace(-1, 1, 4 * linear.shape[1]).view(4, -1)
-            got = torch.ops.quantized.linear_dynamic(probe, pack, not _has_vnni())
+            got = torch.ops.quantized.linear_dynamic(probe, pack, reduce_range)
     except (RuntimeError, NotImplementedError, AttributeError) as e:
         raise Int8Unavailable(str(e).splitlines()[0] if str(e) else type(e).__name__) from None
     expected = torch.addmm(bias, probe, linear.t())

@@ -26,7 +26,7 @@ from torch import nn
 
 from charlm.errors import CharlmError
 from charlm.model import CharLM
-from charlm.stepper import PRECISIONS, make_stepper
+from charlm.stepper import check_precision, make_stepper
 from charlm.vocab import Vocab
 
 
@@ -59,8 +59,7 @@ def check_options(
         raise CharlmError(f"--top-p {top_p}: expected a number in (0, 1]")
     if num_samples < 1:
         raise CharlmError(f"--num-samples {num_samples}: expected a whole number >= 1")
-    if precision not in PRECISIONS:
-        raise CharlmError(f"--precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+    check_precision(precision)
 
 
 def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:

@@ -307,8 +307,16 @@ def _tanh(x: Tensor) -> Tensor:
     return s.add_(s).sub_(1)
 
 
+def check_precision(precision: str) -> None:
+    """Refuse a sampling precision the steppers do not have, naming the option (the sample and
+    eval commands call it before any work; `make_stepper` for every other caller)."""
+    if precision not in PRECISIONS:
+        raise CharlmError(f"--precision {precision!r}: expected one of {', '.join(PRECISIONS)}")
+
+
 def make_stepper(model: nn.Module, fast: bool = True, precision: str = "fp32") -> Stepper:
     """The fast stepper for a plain LSTM/GRU CharLM, else the generic one."""
+    check_precision(precision)
     low = PRECISIONS[precision]
     if fast and _fast_ok(model):
         cell = model.config.cell
