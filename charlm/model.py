@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from charlm.config import ModelConfig
+from charlm.dropout import dropout
 from charlm.gru import gru_sequence
 
 State = tuple[torch.Tensor, ...]
@@ -25,7 +26,6 @@ class CharLM(nn.Module):
         self.vocab_size = vocab_size
         self.embed = nn.Embedding(vocab_size, config.embedding_dim)
         self.rnn = make_rnn(config)
-        self.drop = nn.Dropout(config.dropout)
         self.head = nn.Linear(config.hidden_size, vocab_size)
 
     def init_state(self, batch_size: int, device: torch.device | str | None = None) -> State:
@@ -40,17 +40,22 @@ class CharLM(nn.Module):
         if state is None:
             state = self.init_state(ids.shape[0], ids.device)
         x = self.embed(ids)
+        cpu_grad = x.device.type == "cpu" and torch.is_grad_enabled()
         if self.config.cell == "lstm":
-            out, (h, c) = self.rnn(x, (state[0], state[1]))
+            layered = isinstance(self.rnn, nn.LSTM) and self.training and self.rnn.dropout > 0
+            if cpu_grad and layered:  # dropout between the layers: charlm's (charlm.dropout)
+                out, (h, c) = lstm_layers(self.rnn, x, (state[0], state[1]))
+            else:
+                out, (h, c) = self.rnn(x, (state[0], state[1]))
             new_state: State = (h, c)
-        elif isinstance(self.rnn, nn.GRU) and x.device.type == "cpu" and torch.is_grad_enabled():
+        elif isinstance(self.rnn, nn.GRU) and cpu_grad:
             # Training on the CPU: the same equations with a hand-written backward (charlm.gru).
             out, h = gru_sequence(self.rnn, x, state[0])
             new_state = (h,)
         else:
             out, h = self.rnn(x, state[0])
             new_state = (h,)
-        return self.head(self.drop(out)), new_state
+        return self.head(dropout(out, self.config.dropout, self.training)), new_state
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
@@ -71,6 +76,29 @@ def make_rnn(config: ModelConfig) -> nn.Module:
         return ReferenceGRU(*size, dropout=between, reset=config.gru_reset)
     rnn_cls = nn.LSTM if config.cell == "lstm" else nn.GRU
     return rnn_cls(*size, dropout=between, batch_first=True)
+
+
+def lstm_layers(rnn: nn.LSTM, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+    """nn.LSTM's forward (batch_first), one layer at a time, with charlm's dropout between them.
+
+    Why: inside nn.LSTM the dropout between layers is F.dropout, which on the CPU costs about as
+    much as the head's did (charlm.dropout). Each layer is still torch's fused LSTM kernel, and
+    without dropout the result is bit for bit nn.LSTM's.
+    """
+    h, c = state
+    finals_h, finals_c = [], []
+    for k in range(rnn.num_layers):
+        if k > 0:
+            x = dropout(x, rnn.dropout, rnn.training)
+        weights = [getattr(rnn, f"{name}_l{k}") for name in ("weight_ih", "weight_hh")]
+        if rnn.bias:
+            weights += [getattr(rnn, f"{name}_l{k}") for name in ("bias_ih", "bias_hh")]
+        x, h_k, c_k = torch.lstm(
+            x, (h[k : k + 1], c[k : k + 1]), weights, rnn.bias, 1, 0.0, rnn.training, False, True
+        )
+        finals_h.append(h_k)
+        finals_c.append(c_k)
+    return x, (torch.cat(finals_h), torch.cat(finals_c))
 
 
 def detach_state(state: State) -> State:
