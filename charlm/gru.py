@@ -8,9 +8,10 @@ under bf16 autocast only its products speed up. This layer runs the same reset-a
     n = tanh(W_in x + b_in + r * (W_hn h + b_hn));   h' = (1 - z) * n + z * h
 
 with the input products done for the whole sequence at once, one recurrent product per step, the
-step's gate values kept, and a backward that walks the steps with four or five calls each and
-forms the weight gradients as one product over the whole sequence. Under bf16 autocast the
-products run in bf16 while the state and the gates stay in fp32.
+step's gate values kept, and a backward that walks the steps with three calls each (the
+gradient's share through the recurrent product added in place) and forms the weight gradients as
+one product over the whole sequence. Under bf16 autocast the products run in bf16 while the
+state and the gates stay in fp32.
 
 It reads the parameters of an `nn.GRU` (same names, shapes and gate order), so models, state
 dicts and checkpoints are untouched; `CharLM.forward` uses it only to train on the CPU.
@@ -67,6 +68,8 @@ class _GRULayer(torch.autograd.Function):
             rz = h0.new_empty(steps, batch, 2 * hidden)  # sigmoid outputs r | z
             n = h0.new_empty(steps, batch, hidden)
             gh = h0.new_empty(steps, batch, gates)  # W_h h + b_h per step
+            if not low:
+                gh.copy_(b)  # each step adds its product in place: no per-step copy of the bias
             gi_rz, gi_n = gi[..., : 2 * hidden].unbind(0), gi[..., 2 * hidden :].unbind(0)
             gh_rz, gh_n = gh[..., : 2 * hidden].unbind(0), gh[..., 2 * hidden :].unbind(0)
             r, z = rz[..., :hidden].unbind(0), rz[..., hidden:].unbind(0)
@@ -76,7 +79,7 @@ class _GRULayer(torch.autograd.Function):
                 if low:
                     gh_t[t].copy_(torch.addmm(b, h.to(mm_dtype), w_t))
                 else:
-                    torch.addmm(b, h, w_t, out=gh_t[t])
+                    torch.addmm(gh_t[t], h, w_t, out=gh_t[t])
                 torch.add(gi_rz[t], gh_rz[t], out=rz_t[t]).sigmoid_()
                 torch.addcmul(gi_n[t], r[t], gh_n[t], out=n_t[t]).tanh_()
                 torch.lerp(n_t[t], h, z[t], out=h_t[t + 1])  # (1 - z) n + z h
@@ -97,21 +100,32 @@ class _GRULayer(torch.autograd.Function):
             # per-step factors, computed here for all steps at once:
             #   d pre_n = dh (1 - z)(1 - n^2) = dh a;   d pre_z = dh (h_{t-1} - n) z (1 - z)
             #   d pre_r = d pre_n (W_hn h + b_hn) r (1 - r);   d (W_hn h + b_hn) = d pre_n r
-            a = (1 - z).mul_(1 - n * n)
+            low = mm_dtype != torch.float32
+            one_minus_z = 1 - z
+            a = torch.addcmul(one_minus_z, one_minus_z * n, n, value=-1)
             factors = hs.new_empty(steps, batch, 3, hidden)  # d gh = dh * factors (r, z, n)
             torch.mul(a, r, out=factors[:, :, 2])
-            torch.mul(factors[:, :, 2], gh[..., 2 * hidden :], out=factors[:, :, 0]).mul_(1 - r)
-            torch.sub(hs[:-1], n, out=factors[:, :, 1]).mul_(z).mul_(1 - z)
-            dh_all = hs.new_empty(steps, batch, hidden)  # total gradient reaching each h_t
+            f_r = torch.mul(factors[:, :, 2], gh[..., 2 * hidden :], out=factors[:, :, 0])
+            f_r.addcmul_(f_r, r, value=-1)  # times (1 - r)
+            torch.sub(hs[:-1], n, out=factors[:, :, 1]).mul_(z).mul_(one_minus_z)
+            # dh_all[t] collects the gradient reaching h_t: from the output, then (as the loop
+            # reaches t + 1) through W_h h_t and through z * h_t.
+            dh_all = hs.new_empty(steps, batch, hidden)
+            dh_all.copy_(d_out)
+            dh_all[-1] += d_last
             dgh = hs.new_empty(steps, batch, 3, hidden, dtype=mm_dtype)
             w = w_hh.to(mm_dtype)
-            d_out = d_out.float()
-            carry = d_last.float()
+            carry = d_last.float()  # the gradient reaching h0, set at t = 0
             for t in range(steps - 1, -1, -1):
-                dh = torch.add(d_out[t], carry, out=dh_all[t])
+                dh = dh_all[t]
                 torch.mul(dh.unsqueeze(1), factors[t], out=dgh[t])
-                back = torch.mm(dgh[t].view(batch, 3 * hidden), w)  # through W_h h
-                carry = torch.addcmul(back.float(), dh, z[t])  # plus through z * h
+                flat_t = dgh[t].view(batch, 3 * hidden)
+                if t == 0:
+                    carry = torch.mm(flat_t, w).float().addcmul_(dh, z[0])
+                elif low:
+                    dh_all[t - 1].add_(torch.mm(flat_t, w)).addcmul_(dh, z[t])
+                else:
+                    torch.addmm(dh_all[t - 1], flat_t, w, out=dh_all[t - 1]).addcmul_(dh, z[t])
             flat = dgh.view(steps * batch, 3 * hidden)
             d_w = (flat.t() @ hs[:-1].reshape(steps * batch, hidden).to(mm_dtype)).float()
             d_b = flat.sum(0, dtype=torch.float32)
