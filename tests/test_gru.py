@@ -42,6 +42,16 @@ def test_outputs_and_gradients_equal_nn_gru(layers: int, bias: bool) -> None:
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
+def test_a_single_step_sequence_equals_nn_gru() -> None:
+    """One step: the backward's loop runs only its last case (the gradient to h0)."""
+    rnn = _gru(2)
+    x, h0 = torch.randn(3, 1, 5), torch.randn(2, 3, 7)
+    theirs = _run(rnn, rnn, x, h0)
+    mine = _run(rnn, lambda a, b: gru_sequence(rnn, a, b), x, h0)
+    for a, b in zip(mine, theirs, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
 def test_under_bf16_autocast_products_are_bf16_and_results_stay_close() -> None:
     rnn = _gru(2)
     x, h0 = torch.randn(4, 9, 5), torch.randn(2, 4, 7)
