@@ -351,8 +351,9 @@ def sample(
         "--precision",
         help="fp32; bf16: matrix products in bfloat16 (faster on CPUs with AVX-512 BF16 and "
         "on GPUs; probabilities move by about 1%); int8: weights in 8 bits, CPU only (about 2x "
-        "as fast on x86; `charlm eval RUN --precision int8` shows what it costs your model). "
-        "Either can change a seed's text.",
+        "as fast on x86; `charlm eval RUN --precision int8` shows what it costs your model); "
+        "auto: times a few steps in each and takes the fastest, if 1.1x fp32's speed or more "
+        "(named on stderr). Any but fp32 can change a seed's text.",
     ),
     threads: int | None = typer.Option(
         None,
@@ -388,7 +389,6 @@ def sample(
         unknown,
         precision,
     )
-    write = functools.partial(write_samples, loaded, options, stops, beam, as_json)
     before = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
@@ -397,12 +397,26 @@ def sample(
         # split costs a synchronisation per call, ruinous on a busy CPU (docs/benchmarks.md).
         torch.set_num_threads(1)
     try:
+        if precision == "auto":  # timed on the threads just set, at the batch the steps run
+            options = options._replace(precision=auto_precision(loaded.model, beam or num_samples))
+        write = functools.partial(write_samples, loaded, options, stops, beam, as_json)
         if interactive:
             prompt_loop(write)
         else:
             write(prime, echo_prime=True)
     finally:
         torch.set_num_threads(before)
+
+
+def auto_precision(model: Any, batch: int) -> str:
+    """`--precision auto`: time a step in each precision, say on stderr which won and why."""
+    from charlm.stepper import choose_precision
+
+    chosen, timings = choose_precision(model, batch)
+    times = ", ".join(f"{seconds * 1e6:,.0f} us in {name}" for name, seconds in timings.items())
+    line = f"precision: {chosen} (auto: a step of {batch} took {times})"
+    err.print(line, markup=False, soft_wrap=True)
+    return chosen
 
 
 class SampleOptions(NamedTuple):
@@ -540,7 +554,7 @@ def eval_command(
     if split not in ("val", "test", "train"):
         raise CharlmError(f"--split {split!r}: expected val, test or train")
     if precision is not None:
-        check_precision(precision)
+        check_precision(precision, auto=False)
     check_unknown_policy(unknown)
     if corpus is not None and (corpus.is_dir() or any(ch in str(corpus) for ch in "*?[")):
         show_files(run, corpus, as_json, device, unknown, impl, precision)

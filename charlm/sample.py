@@ -219,7 +219,7 @@ class Decoding:
         model = self.model
         model.eval()
         device = next(model.parameters()).device
-        stepper = make_stepper(model, precision=self.precision)
+        stepper = make_stepper(model, precision=self.precision, batch=len(self.seeds))
         n = len(self.seeds)
         gens = [torch.Generator().manual_seed(s) for s in self.seeds]
         inv_t = 1.0 / self.temperature if self.temperature > 0 else 0.0
@@ -429,7 +429,7 @@ def beam_search(
     longest = max((len(s) for s in stops), default=0)
     model.eval()
     device = next(model.parameters()).device
-    stepper = make_stepper(model, precision=precision)
+    stepper = make_stepper(model, precision=precision, batch=beam)
     logits, state = stepper.start(torch.tensor([prime_ids], device=device))
     scores = torch.zeros(1, dtype=torch.float64, device=device)
     live: list[list[int]] = [[]]

@@ -42,7 +42,7 @@ from charlm.config import (
 from charlm.distributed import Dist
 from charlm.errors import CharlmError
 from charlm.evaluate import EvalResult, evaluate_ids
-from charlm.model import CharLM, State, detach_state, resolve_device
+from charlm.model import CharLM, State, detach_state, hardware_bf16, resolve_device
 from charlm.runs import (
     CHECKPOINT_DIR,
     CONFIG_NAME,
@@ -278,7 +278,7 @@ def native_bf16(device: torch.device, model_config: ModelConfig) -> bool:
     CPU the flag did not say whether bf16 is faster (docs/benchmarks.md), so the trainer then
     also times a step in each (`time_bf16_step`).
     """
-    return _hardware_bf16(device) and _bf16_forward_runs(model_config, device)
+    return hardware_bf16(device) and _bf16_forward_runs(model_config, device)
 
 
 BF16_MIN_SPEEDUP = 1.1
@@ -319,13 +319,6 @@ def time_bf16_step(
                 if i:
                     best[name] = min(best[name], time.perf_counter() - start)
     return best["fp32"], best["bf16"]
-
-
-def _hardware_bf16(device: torch.device) -> bool:
-    """bf16 arithmetic in the hardware: a CUDA GPU's own, or oneDNN's AVX-512 BF16 / AMX."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported(including_emulation=False)
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 class Trainer:

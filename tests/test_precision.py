@@ -101,7 +101,7 @@ def test_auto_keeps_fp32_where_the_bf16_forward_fails(
     """A CPU that reports bf16 but whose kernel refuses it still trains, in fp32."""
     import charlm.train as train_module
 
-    monkeypatch.setattr(train_module, "_hardware_bf16", lambda device: True)
+    monkeypatch.setattr(train_module, "hardware_bf16", lambda device: True)
     monkeypatch.setattr(train_module, "_bf16_forward_runs", lambda config, device: False)
     trainer = Trainer(tiny_config(corpus_file, **{"train.precision": "auto"}), tmp_path)
     assert trainer.precision == "fp32"
