@@ -6,7 +6,9 @@ the public API (`generate` at batch 1, `generate_batch` above), characters inclu
 random: speed does not depend on training. Each figure is the median of --repeats runs, and the
 four (plain, charlm, charlm with bf16 products, charlm with int8 weights) are measured in turn so
 background load hits all alike. (What bf16 and int8 cost a trained model in loss:
-`charlm eval RUN --precision P`.)
+`charlm eval RUN --precision P`.) The last column is what `--precision auto` picked, once per
+repeat, beside the runs: whether its half-second timing finds the precision the full runs call
+fastest (or fp32 where none is 1.1x faster).
 
 Threads are what `charlm sample` uses, for both loops alike: one at batch 1 (a single stream's
 products are too small to split), all of torch's at larger batches; --threads N fixes N for all.
@@ -32,7 +34,7 @@ from common import DEFAULT_CORPUS, read_corpus  # noqa: E402
 from charlm.config import ModelConfig  # noqa: E402 (after the path line, to bench this checkout)
 from charlm.model import CharLM  # noqa: E402
 from charlm.sample import generate_batch  # noqa: E402
-from charlm.stepper import PRECISIONS  # noqa: E402 (charlm sample --precision)
+from charlm.stepper import PRECISIONS, choose_precision  # noqa: E402 (charlm sample --precision)
 from charlm.vocab import Vocab  # noqa: E402
 
 CASES = [  # (cell, layers, hidden, batch)
@@ -93,9 +95,11 @@ def main() -> None:
     print(
         "| cell | layers x hidden | batch | threads | plain loop chars/s | "
         + " | ".join(f"charlm {q} chars/s (x plain)" for q in PRECISIONS)
-        + " |"
+        + " | auto picked |"
     )
-    print("| --- | --- | ---: | ---: | ---: | " + " | ".join("---:" for _ in PRECISIONS) + " |")
+    print(
+        "| --- | --- | ---: | ---: | ---: | " + " | ".join("---:" for _ in PRECISIONS) + " | --- |"
+    )
     for cell, layers, hidden, batch in CASES:
         threads = args.threads or (1 if batch == 1 else all_threads)
         torch.set_num_threads(threads)
@@ -107,17 +111,21 @@ def main() -> None:
             charlm_sampler(model, vocab, batch, 50, precision)
         plain: list[float] = []
         ours: dict[str, list[float]] = {precision: [] for precision in PRECISIONS}
+        picks: list[str] = []
         for _ in range(args.repeats):
             plain.append(plain_loop(model, vocab, batch, args.chars))
             for precision in PRECISIONS:
                 ours[precision].append(charlm_sampler(model, vocab, batch, args.chars, precision))
+            picks.append(choose_precision(model, batch)[0])
         p = statistics.median(plain)
         cells = " | ".join(
             f"{statistics.median(ours[q]):,.0f} ({statistics.median(ours[q]) / p:.1f}x)"
             for q in PRECISIONS
         )
+        picked = ", ".join(f"{q} {picks.count(q)}" for q in PRECISIONS if q in picks)
         print(
-            f"| {cell} | {layers} x {hidden} | {batch} | {threads} | {p:,.0f} | {cells} |",
+            f"| {cell} | {layers} x {hidden} | {batch} | {threads} | {p:,.0f} | {cells} "
+            f"| {picked} |",
             flush=True,
         )
 
