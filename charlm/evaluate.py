@@ -58,8 +58,13 @@ def evaluate_ids(
     For data-parallel evals, `rows(n_segments)` picks this process's segments and `reduce`
     adds up the float64 loss sums of all processes. With `precision` the text is scored through
     the sampling steps in that precision (`charlm.stepper`) instead of the model's forward: what
-    sampling in it costs the model, in the same units.
+    sampling in it costs the model, in the same units. It is one named precision: `auto` (the
+    sampler's timed pick) is refused here as by `charlm eval`.
     """
+    if precision is not None:
+        from charlm.stepper import check_precision
+
+        check_precision(precision, auto=False)
     start = time.perf_counter()
     was_training = model.training
     model.eval()

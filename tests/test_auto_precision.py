@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -12,6 +13,8 @@ from typer.testing import CliRunner
 import charlm.stepper as stepper_module
 from charlm.cli import app
 from charlm.config import ModelConfig
+from charlm.errors import CharlmError
+from charlm.evaluate import evaluate_ids
 from charlm.model import CharLM
 from charlm.sample import beam_search, generate, sample_batch
 from charlm.stepper import AUTO_MIN_SPEEDUP, choose_precision, pick_precision
@@ -112,6 +115,11 @@ def test_cli_sample_auto_names_its_pick_and_eval_refuses_auto(trained_run: Path)
         app, ["sample", run, "-p", "The ", "-n", "50", "-s", "4", "--precision", chosen]
     )
     assert named.stdout == done.stdout
+    ids = np.arange(200) % len(VOCAB)
+    with pytest.raises(
+        CharlmError, match=r"^--precision 'auto': expected one of fp32, bf16, int8$"
+    ):
+        evaluate_ids(tiny_model(), ids, 2, precision="auto")  # the library refuses it too
     bad = runner.invoke(app, ["eval", run, "--precision", "auto"])
     assert bad.exit_code == 1 and "Traceback" not in bad.stderr
     assert "--precision 'auto': expected one of fp32, bf16, int8" in bad.stderr
