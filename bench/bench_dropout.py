@@ -25,10 +25,10 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import charlm.gru  # noqa: E402 (after the path line)
+import charlm.cpu.gru  # noqa: E402 (after the path line)
 import charlm.model  # noqa: E402
 from charlm.config import load_config  # noqa: E402
-from charlm.dropout import dropout  # noqa: E402
+from charlm.cpu.dropout import dropout  # noqa: E402
 from charlm.model import CharLM  # noqa: E402
 
 VOCAB = 65
@@ -49,7 +49,7 @@ def use(charlm_side: bool) -> None:
     """Point the model's dropout (and the LSTM's layer path) at charlm's or at torch's."""
     fn = dropout if charlm_side else torch_dropout
     charlm.model.dropout = fn
-    charlm.gru.dropout = fn
+    charlm.cpu.gru.dropout = fn
     charlm.model.lstm_layers = LSTM_LAYERS if charlm_side else nn_lstm
 
 

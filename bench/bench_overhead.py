@@ -11,7 +11,7 @@ order flips from round to round (minimal first, then charlm first, ...), so a ma
 drifts within a round favours neither side over the rounds; the table gives each round, the
 median ratios and the pooled ratio (all characters over all seconds of each side). Both
 run with the allocator setting charlm's trainer makes for its process
-(`charlm.train.keep_freed_memory`, made here first), so the ratio is the loop's own cost.
+(`charlm.cpu.memory.keep_freed_memory`, made here first), so the ratio is the loop's own cost.
 
 With --interleave N the two steps instead run in one process, alternating in chunks of --chunk
 steps for N rounds: charlm's batcher and `Trainer.train_step` (everything a step does, without the
@@ -39,7 +39,8 @@ from common import DEFAULT_CORPUS, read_corpus
 from torch import nn
 
 from charlm.config import Config, load_config
-from charlm.train import Trainer, keep_freed_memory, train
+from charlm.cpu.memory import keep_freed_memory
+from charlm.train import Trainer, train
 from charlm.vocab import Vocab
 
 

@@ -8,7 +8,7 @@ first allocations) from the run's own metrics log. Whether bf16 also reaches a l
 same minutes is the race's question (bench/race.py --set train.precision=bf16).
 
 The cell `gru-torch` is the GRU preset trained through nn.GRU's own autograd backward instead of
-charlm's CPU GRU layer (charlm/gru.py), to measure what that layer gives.
+charlm's CPU GRU layer (charlm/cpu/gru.py), to measure what that layer gives.
 
     python bench/bench_precision.py [CORPUS] [--steps 400] [--rounds 3] \
         [--cells lstm,gru,gru-torch] [--precisions fp32,bf16] [--set model.impl=reference ...]
@@ -35,7 +35,7 @@ from charlm.train import train
 
 @contextlib.contextmanager
 def torch_gru_backward() -> Iterator[None]:
-    """Train the GRU through nn.GRU itself (its autograd backward), not charlm.gru's layer."""
+    """Train the GRU through nn.GRU itself (its autograd backward), not charlm.cpu.gru's layer."""
     kept = charlm.model.gru_sequence
     charlm.model.gru_sequence = lambda rnn, x, h0: rnn(x, h0)
     try:

@@ -106,7 +106,7 @@ def charlm_run(corpus: Path, preset: Path, sets: list[str], budget: float, seed:
     """Train the preset through `charlm train` in a child process.
 
     A child of its own, because the trainer changes process-wide state (it has glibc keep freed
-    memory, `charlm.train.keep_freed_memory`) that would otherwise speed up the plain loops of
+    memory, `charlm.cpu.memory.keep_freed_memory`) that would otherwise speed up the plain loops of
     later seeds in this process, which are meant to run as a user's own script would."""
     overrides = [
         f"data.corpus={corpus}",

@@ -118,6 +118,7 @@ def train(
     """
     from charlm import distributed
     from charlm.config import load_config
+    from charlm.cpu.memory import keep_freed_memory
     from charlm.runs import default_run_dir
     from charlm.train import TrainingInterrupted
     from charlm.train import resume as resume_training
@@ -146,6 +147,7 @@ def train(
     # Under torchrun, the processes other than rank 0 train silently; rank 0 reports.
     follower = distributed.is_follower()
     show = ProgressView(plain=quiet or follower or not err.is_terminal)
+    keep_freed_memory()  # the whole process is ours: keep a step's freed buffers for the next
     try:
         if resume is not None:
             with show:
@@ -711,6 +713,7 @@ def sweep(
     ),
 ) -> None:
     """Train every run of an experiment in turn (skipping finished ones), then compare them."""
+    from charlm.cpu.memory import keep_freed_memory
     from charlm.runs import compare_runs
     from charlm.sweep import default_sweep_dir, load_experiment, run_sweep
     from charlm.train import TrainingInterrupted
@@ -725,6 +728,7 @@ def sweep(
     if experiment.description:
         err.print(experiment.description, markup=False)
     view = SweepView(plain=quiet or not err.is_terminal)
+    keep_freed_memory()
     try:
         result = run_sweep(experiment, folder, on_event=view.handle)
     except TrainingInterrupted as stop:

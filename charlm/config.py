@@ -91,8 +91,8 @@ class ModelConfig:
         default="fused",
         metadata=_help(
             "`fused`: nn.LSTM / nn.GRU (cuDNN on GPU, oneDNN's LSTM on CPU; a GRU trains on the "
-            "CPU through charlm/gru.py); `reference`: the cells written out from their equations "
-            "in charlm/cells.py (same weights, same numbers)."
+            "CPU through charlm/cpu/gru.py); `reference`: the cells written out from their "
+            "equations in charlm/cells.py (same weights, same numbers)."
         ),
     )
     gru_reset: Literal["after", "before"] = field(
@@ -193,18 +193,6 @@ def all_keys() -> list[str]:
     return [f"{s}.{f.name}" for s, cls in SECTIONS.items() for f in dataclasses.fields(cls)]
 
 
-def describe_keys() -> list[tuple[str, str, Any, str]]:
-    """(key, type, default, help) for every key: the source of the README's config reference."""
-    rows = []
-    for section, cls in SECTIONS.items():
-        hints = typing.get_type_hints(cls)
-        for f in dataclasses.fields(cls):
-            rows.append(
-                (f"{section}.{f.name}", _type_name(hints[f.name]), f.default, f.metadata["help"])
-            )
-    return rows
-
-
 def _suggest(key: str) -> str:
     keys = all_keys()
     match = difflib.get_close_matches(key, keys, n=1, cutoff=0.6)
@@ -284,6 +272,18 @@ def _coerce(key: str, value: Any, tp: Any) -> Any:
     raise TypeError(f"unsupported config type {tp!r} for {key}")  # a bug, not a user error
 
 
+def unescape_separator(separator: str) -> str:
+    """`data.separator` with escapes such as `\n` and `\t` turned into the characters."""
+    try:
+        # backslashreplace first, so characters beyond Latin-1 survive unicode_escape.
+        return separator.encode("latin-1", "backslashreplace").decode("unicode_escape")
+    except UnicodeDecodeError as e:
+        raise CharlmError(
+            f"data.separator: {separator!r} has a bad escape ({e.reason}); expected text "
+            f"with escapes such as \\n or \\t"
+        ) from None
+
+
 def _check(ok: bool, key: str, value: Any, expected: str) -> None:
     if not ok:
         raise CharlmError(f"{key}: {value!r} is out of range; expected {expected}")
@@ -311,9 +311,7 @@ def validate(config: Config) -> Config:
     _check(d.min_char_count >= 1, "data.min_char_count", d.min_char_count, ">= 1 (1: off)")
     if d.cache_dir is not None and "\0" in d.cache_dir:
         raise CharlmError(f"data.cache_dir: {d.cache_dir!r} has a NUL character; expected a folder")
-    from charlm.corpus import separator_text  # corpus imports this module
-
-    separator_text(d)
+    unescape_separator(d.separator)
     for name in ("embedding_dim", "hidden_size", "num_layers"):
         value = getattr(m, name)
         _check(value >= 1, f"model.{name}", value, "a positive whole number")

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-from charlm.config import BUILTIN_CORPUS, DataConfig
+from charlm.config import BUILTIN_CORPUS, DataConfig, unescape_separator
 from charlm.errors import CharlmError
 
 _SNIFF_BYTES = 8192
@@ -122,15 +122,8 @@ Piece = bytes | str
 
 
 def separator_text(data: DataConfig) -> str:
-    """`data.separator` with escapes such as `\n` and `\t` turned into the characters."""
-    try:
-        # backslashreplace first, so characters beyond Latin-1 survive unicode_escape.
-        text = data.separator.encode("latin-1", "backslashreplace").decode("unicode_escape")
-    except UnicodeDecodeError as e:
-        raise CharlmError(
-            f"data.separator: {data.separator!r} has a bad escape ({e.reason}); expected text "
-            f"with escapes such as \\n or \\t"
-        ) from None
+    """`data.separator` with its escapes decoded and, under `data.newline: lf`, its newlines too."""
+    text = unescape_separator(data.separator)
     return normalise_newlines(text) if data.newline == "lf" else text
 
 

@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 from charlm.config import ModelConfig
-from charlm.dropout import dropout
-from charlm.gru import gru_sequence
+from charlm.cpu.dropout import dropout
+from charlm.cpu.gru import gru_sequence
 
 State = tuple[torch.Tensor, ...]
 
@@ -43,13 +43,13 @@ class CharLM(nn.Module):
         cpu_grad = x.device.type == "cpu" and torch.is_grad_enabled()
         if self.config.cell == "lstm":
             layered = isinstance(self.rnn, nn.LSTM) and self.training and self.rnn.dropout > 0
-            if cpu_grad and layered:  # dropout between the layers: charlm's (charlm.dropout)
+            if cpu_grad and layered:  # dropout between the layers: charlm's (charlm.cpu.dropout)
                 out, (h, c) = lstm_layers(self.rnn, x, (state[0], state[1]))
             else:
                 out, (h, c) = self.rnn(x, (state[0], state[1]))
             new_state: State = (h, c)
         elif isinstance(self.rnn, nn.GRU) and cpu_grad:
-            # Training on the CPU: the same equations with a hand-written backward (charlm.gru).
+            # Training on the CPU: the same equations with a hand-written backward (charlm.cpu.gru).
             out, h = gru_sequence(self.rnn, x, state[0])
             new_state = (h,)
         else:
@@ -82,7 +82,7 @@ def lstm_layers(rnn: nn.LSTM, x: torch.Tensor, state: State) -> tuple[torch.Tens
     """nn.LSTM's forward (batch_first), one layer at a time, with charlm's dropout between them.
 
     Why: inside nn.LSTM the dropout between layers is F.dropout, which on the CPU costs about as
-    much as the head's did (charlm.dropout). Each layer is still torch's fused LSTM kernel, and
+    much as the head's did (charlm.cpu.dropout). Each layer is still torch's fused LSTM kernel, and
     without dropout the result is bit for bit nn.LSTM's.
     """
     h, c = state

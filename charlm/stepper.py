@@ -17,7 +17,7 @@ do each layer's step with one `addmm`, one `sigmoid` and a few element-wise call
   cast of h with bf16 weights. (In fp32 this timed about even with two products.) The
   recurrent half is kept in the state for the next step.
 - Those fused matrices are laid out once in oneDNN's packed format for the batch size in use
-  (charlm.packed), so a step runs only the product: 1.2-1.4x for batch-32 fp32 steps, 1.1-1.2x
+  (charlm.cpu.packed), so a step runs only the product: 1.2-1.4x for batch-32 fp32 steps, 1.1-1.2x
   for bf16 steps at batch 1, 2.4x for the 2x512 LSTM's bf16 step (docs/benchmarks.md). An fp32
   step at batch 1 on one thread keeps torch.mm, which was as fast there.
 - The state is a flat list of tensors, so no stacking or unbinding per step. The gates are
@@ -29,7 +29,7 @@ do each layer's step with one `addmm`, one `sigmoid` and a few element-wise call
   batch 32 gained 1.2-1.4x); the sums, gates and state stay fp32, and the prime runs in fp32.
 - With `precision="int8"` each fused matrix is stored in int8 with a scale per output column and
   multiplied by fbgemm's dynamic int8 kernel, which quantizes h to 8 bits per call (one call,
-  bias included; charlm.packed.Int8Weight). A 2x256 LSTM's step weights shrink from 3.1 MB to
+  bias included; charlm.cpu.packed.Int8Weight). A 2x256 LSTM's step weights shrink from 3.1 MB to
   0.8 MB and stay in a core's L2 cache, and the integer products run at about twice fp32's rate
   with AVX-512 VNNI. CPU only; a trained Tiny Shakespeare model's val loss moved by 0.0002
   nats or less (docs/sampling.md).
@@ -48,9 +48,9 @@ from typing import Any, Protocol
 import torch
 from torch import nn
 
+from charlm.cpu.packed import FixedWeight, Int8Unavailable, Int8Weight
 from charlm.errors import CharlmError
 from charlm.model import State, hardware_bf16
-from charlm.packed import FixedWeight, Int8Unavailable, Int8Weight
 
 Tensor = torch.Tensor
 
@@ -78,7 +78,7 @@ PRECISIONS: dict[str, torch.dtype | None] = {
 }
 """Sampling precisions: the dtype of the matrix products where it is not fp32 (state and gates
 stay fp32). int8 is the fast steppers' own, on the CPU: weights in int8 with a scale per output,
-each step's input quantized to 8 bits as it comes (charlm.packed.Int8Weight)."""
+each step's input quantized to 8 bits as it comes (charlm.cpu.packed.Int8Weight)."""
 
 
 class ModelStepper:

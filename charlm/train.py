@@ -9,12 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import ctypes
 import math
 import random
 import shlex
 import signal
-import sys
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -101,35 +99,6 @@ class TrainingDiverged(CharlmError):
         super().__init__(message)
         self.step = step
         self.last_checkpoint = last_checkpoint
-
-
-# glibc's mallopt parameters (malloc.h).
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-
-
-def keep_freed_memory() -> bool:
-    """Have glibc's malloc keep freed blocks for the next step instead of returning them.
-
-    Why: a training step frees and allocates again the same few-MiB activation and gradient
-    buffers. By default glibc hands such blocks back to the kernel (each is its own mmap, or the
-    heap top is trimmed), so the next step takes a page fault for every 4 KiB it writes: a third
-    of a GRU preset step on the CPU, a quarter of an LSTM one (docs/benchmarks.md). With blocks
-    under 32 MiB served from the heap, and the heap trimmed only past 1 GiB of free space, those
-    faults go; the process keeps its peak memory instead. Process-wide, so the trainer calls it
-    once it runs. False (and nothing changed) where the C library is not glibc.
-    """
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        libc = ctypes.CDLL(None)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
-    if not hasattr(libc, "gnu_get_libc_version"):  # musl's mallopt, say, does nothing
-        return False
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    mallopt.restype = ctypes.c_int
-    return bool(mallopt(_M_MMAP_THRESHOLD, 32 << 20)) and bool(mallopt(_M_TRIM_THRESHOLD, 1 << 30))
 
 
 def lr_at(config: Config, step: int, elapsed: float) -> float:
@@ -721,7 +690,6 @@ class Trainer:
     # -- the loop ----------------------------------------------------------------------------
     def run(self) -> TrainResult:
         """Train to the budget; SIGINT/SIGTERM stop it cleanly after a checkpoint."""
-        keep_freed_memory()
         if self.dist.enabled and self.net is self.model:
             # Wrapped here, not in __init__: DDP's first collective must come after every
             # process has built (and maybe restored) its model without error.

@@ -1,4 +1,4 @@
-"""charlm.dropout and the LSTM's layer-by-layer training path that uses it."""
+"""charlm.cpu.dropout and the LSTM's layer-by-layer training path that uses it."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from torch import nn
 
 import charlm.model
 from charlm.config import ModelConfig
-from charlm.dropout import dropout
+from charlm.cpu.dropout import dropout
 from charlm.model import CharLM, lstm_layers
 
 

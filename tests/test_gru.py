@@ -1,4 +1,4 @@
-"""charlm.gru: the GRU's CPU training path computes what nn.GRU computes, gradients too."""
+"""charlm.cpu.gru: the GRU's CPU training path computes what nn.GRU computes, gradients too."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from charlm.config import ModelConfig
-from charlm.gru import gru_sequence
+from charlm.cpu.gru import gru_sequence
 from charlm.model import CharLM
 
 

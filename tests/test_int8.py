@@ -11,13 +11,13 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-import charlm.packed as packed
+import charlm.cpu.packed as packed
 from charlm.cli import app
 from charlm.config import ModelConfig
+from charlm.cpu.packed import Int8Weight
 from charlm.errors import CharlmError
 from charlm.evaluate import evaluate_ids, evaluate_run
 from charlm.model import CharLM
-from charlm.packed import Int8Weight
 from charlm.sample import beam_search, generate
 from charlm.stepper import GRUStepper, LSTMStepper, make_stepper
 from charlm.vocab import Vocab

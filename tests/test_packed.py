@@ -1,12 +1,12 @@
-"""charlm.packed: products with a prepacked weight equal torch.mm, and fall back to it safely."""
+"""charlm.cpu.packed: products with a prepacked weight equal torch.mm, and fall back safely."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-import charlm.packed as packed
-from charlm.packed import FixedWeight
+import charlm.cpu.packed as packed
+from charlm.cpu.packed import FixedWeight
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -157,7 +157,7 @@ def test_capped_evals_pick_the_best_on_one_measure(tmp_path: Path, corpus_file: 
 
 FAULTS_SCRIPT = """
 import resource, torch
-from charlm.train import keep_freed_memory
+from charlm.cpu.memory import keep_freed_memory
 
 def faults_per_round():
     def once():

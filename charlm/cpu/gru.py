@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from charlm.dropout import dropout
+from charlm.cpu.dropout import dropout
 
 
 def gru_sequence(rnn: nn.GRU, x: Tensor, h0: Tensor) -> tuple[Tensor, Tensor]:

@@ -10,7 +10,7 @@ frozen linear layers) and then run only the product. On the AVX-512 machine that
 Where oneDNN is missing, refuses the dtype or gives a wrong answer on a probe, products fall back
 to `torch.mm`: the same numbers up to rounding, at the old speed. The packed call has no autograd
 formula, so it serves only the sampling steps (charlm.stepper), where no graph is recorded. (In
-the GRU's training layer, charlm.gru, the same packing timed slower: 0.89x and 0.97x.)
+the GRU's training layer, charlm.cpu.gru, the same packing timed slower: 0.89x and 0.97x.)
 """
 
 from __future__ import annotations
