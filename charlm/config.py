@@ -166,7 +166,7 @@ class TrainConfig:
     tensorboard: bool = field(
         default=False,
         metadata=_help(
-            "Also log metrics to RUN/tensorboard/ (needs `pip install 'charlm[tensorboard]'`)."
+            "Also log metrics to RUN/tensorboard/ (needs `pip install -e '.[tensorboard]'`)."
         ),
     )
     batching: Literal["stream", "random"] = field(
