@@ -42,7 +42,7 @@ def nn_lstm(rnn: torch.nn.LSTM, x: torch.Tensor, state: tuple) -> tuple:
     return rnn(x, state)  # nn.LSTM's own multi-layer call, F.dropout between the layers
 
 
-LSTM_LAYERS = charlm.model.lstm_layers
+LSTM_LAYERS = charlm.model.rnn_layers
 
 
 def use(charlm_side: bool) -> None:
@@ -50,7 +50,7 @@ def use(charlm_side: bool) -> None:
     fn = dropout if charlm_side else torch_dropout
     charlm.model.dropout = fn
     charlm.cpu.gru.dropout = fn
-    charlm.model.lstm_layers = LSTM_LAYERS if charlm_side else nn_lstm
+    charlm.model.rnn_layers = LSTM_LAYERS if charlm_side else nn_lstm
 
 
 def timed(fn: Callable[[], object], calls: int) -> float:

@@ -40,18 +40,18 @@ class CharLM(nn.Module):
         if state is None:
             state = self.init_state(ids.shape[0], ids.device)
         x = self.embed(ids)
-        cpu_grad = x.device.type == "cpu" and torch.is_grad_enabled()
-        if self.config.cell == "lstm":
-            layered = isinstance(self.rnn, nn.LSTM) and self.training and self.rnn.dropout > 0
-            if cpu_grad and layered:  # dropout between the layers: charlm's (charlm.cpu.dropout)
-                out, (h, c) = lstm_layers(self.rnn, x, (state[0], state[1]))
-            else:
-                out, (h, c) = self.rnn(x, (state[0], state[1]))
-            new_state: State = (h, c)
-        elif isinstance(self.rnn, nn.GRU) and cpu_grad:
+        grad = torch.is_grad_enabled()
+        fused = isinstance(self.rnn, (nn.LSTM, nn.GRU))
+        layered = fused and grad and self.training and self.rnn.dropout > 0
+        if isinstance(self.rnn, nn.GRU) and grad and x.device.type == "cpu":
             # Training on the CPU: the same equations with a hand-written backward (charlm.cpu.gru).
             out, h = gru_sequence(self.rnn, x, state[0])
-            new_state = (h,)
+            new_state: State = (h,)
+        elif layered:  # dropout between the layers: charlm's, not the fused kernel's
+            out, new_state = rnn_layers(self.rnn, x, state)
+        elif self.config.cell == "lstm":
+            out, (h, c) = self.rnn(x, (state[0], state[1]))
+            new_state = (h, c)
         else:
             out, h = self.rnn(x, state[0])
             new_state = (h,)
@@ -78,27 +78,38 @@ def make_rnn(config: ModelConfig) -> nn.Module:
     return rnn_cls(*size, dropout=between, batch_first=True)
 
 
-def lstm_layers(rnn: nn.LSTM, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
-    """nn.LSTM's forward (batch_first), one layer at a time, with charlm's dropout between them.
+def rnn_layers(rnn: nn.LSTM | nn.GRU, x: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+    """nn.LSTM's or nn.GRU's forward (batch_first), one layer at a time, with charlm's dropout
+    between the layers.
 
-    Why: inside nn.LSTM the dropout between layers is F.dropout, which on the CPU costs about as
-    much as the head's did (charlm.cpu.dropout). Each layer is still torch's fused LSTM kernel, and
-    without dropout the result is bit for bit nn.LSTM's.
+    Why: inside the fused module the dropout between layers is the kernel's own. On a GPU that is
+    cuDNN's, whose random state `torch.cuda.get_rng_state` does not hold, so a resumed run would
+    draw other masks than one that never stopped; charlm's dropout draws from torch's generators,
+    which a checkpoint saves. On the CPU charlm's dropout is also faster (charlm.cpu.dropout).
+    Each layer is still the fused kernel, and without dropout the result is bit for bit the
+    module's.
     """
-    h, c = state
-    finals_h, finals_c = [], []
+    lstm = isinstance(rnn, nn.LSTM)
+    finals: list[list[torch.Tensor]] = [[] for _ in state]
     for k in range(rnn.num_layers):
         if k > 0:
             x = dropout(x, rnn.dropout, rnn.training)
         weights = [getattr(rnn, f"{name}_l{k}") for name in ("weight_ih", "weight_hh")]
         if rnn.bias:
             weights += [getattr(rnn, f"{name}_l{k}") for name in ("bias_ih", "bias_hh")]
-        x, h_k, c_k = torch.lstm(
-            x, (h[k : k + 1], c[k : k + 1]), weights, rnn.bias, 1, 0.0, rnn.training, False, True
-        )
-        finals_h.append(h_k)
-        finals_c.append(c_k)
-    return x, (torch.cat(finals_h), torch.cat(finals_c))
+        layer_state = [s[k : k + 1] for s in state]
+        if lstm:
+            x, *outs = torch.lstm(
+                x, layer_state, weights, rnn.bias, 1, 0.0, rnn.training, False, True
+            )
+        else:
+            x, h_k = torch.gru(
+                x, layer_state[0], weights, rnn.bias, 1, 0.0, rnn.training, False, True
+            )
+            outs = [h_k]
+        for final, out in zip(finals, outs, strict=True):
+            final.append(out)
+    return x, tuple(torch.cat(final) for final in finals)
 
 
 def detach_state(state: State) -> State:

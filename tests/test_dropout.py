@@ -9,7 +9,7 @@ from torch import nn
 import charlm.model
 from charlm.config import ModelConfig
 from charlm.cpu.dropout import dropout
-from charlm.model import CharLM, lstm_layers
+from charlm.model import CharLM, rnn_layers
 
 
 def test_drops_p_of_the_elements_in_every_lane_and_scales_the_rest_exactly() -> None:
@@ -52,12 +52,12 @@ def test_off_in_eval_and_at_zero() -> None:
     assert dropout(x, 0.0, True) is x
 
 
-def test_lstm_layers_equal_nn_lstm_without_dropout() -> None:
+def test_rnn_layers_equal_nn_lstm_without_dropout() -> None:
     torch.manual_seed(0)
     rnn = nn.LSTM(5, 7, 3, batch_first=True)
     x, h, c = torch.randn(4, 9, 5), torch.randn(3, 4, 7), torch.randn(3, 4, 7)
     results = []
-    for forward in (lambda: rnn(x, (h, c)), lambda: lstm_layers(rnn, x, (h, c))):
+    for forward in (lambda: rnn(x, (h, c)), lambda: rnn_layers(rnn, x, (h, c))):
         rnn.zero_grad()
         out, (h_n, c_n) = forward()
         (out.sum() + (h_n * c_n).sum()).backward()
@@ -66,12 +66,43 @@ def test_lstm_layers_equal_nn_lstm_without_dropout() -> None:
         torch.testing.assert_close(mine, theirs, rtol=1e-6, atol=1e-6)
 
 
+def test_rnn_layers_equal_nn_gru_without_dropout() -> None:
+    torch.manual_seed(0)
+    rnn = nn.GRU(5, 7, 3, batch_first=True)
+    x, h = torch.randn(4, 9, 5), torch.randn(3, 4, 7)
+    results = []
+    for forward in (lambda: rnn(x, h), lambda: rnn_layers(rnn, x, (h,))):
+        rnn.zero_grad()
+        out, h_n = forward()
+        h_n = h_n[0] if isinstance(h_n, tuple) else h_n
+        (out.sum() + (h_n * h_n).sum()).backward()
+        results.append([out, h_n, *(p.grad.clone() for p in rnn.parameters())])
+    for mine, theirs in zip(*results, strict=True):
+        torch.testing.assert_close(mine, theirs, rtol=1e-6, atol=1e-6)
+
+
+def test_rnn_layers_dropout_follows_the_torch_generator() -> None:
+    """The masks come from torch's generator, so restoring its state (as a resume does) draws
+    the same masks again; the fused kernels' own dropout would not (cuDNN keeps its own)."""
+    torch.manual_seed(0)
+    for rnn in (nn.LSTM(5, 7, 3, dropout=0.5, batch_first=True), nn.GRU(5, 7, 3, dropout=0.5)):
+        rnn.batch_first = True
+        x = torch.randn(4, 9, 5)
+        state = tuple(torch.zeros(3, 4, 7) for _ in range(2 if isinstance(rnn, nn.LSTM) else 1))
+        saved = torch.get_rng_state()
+        first, _ = rnn_layers(rnn, x, state)
+        second, _ = rnn_layers(rnn, x, state)
+        torch.set_rng_state(saved)
+        again, _ = rnn_layers(rnn, x, state)
+        assert torch.equal(first, again) and not torch.equal(first, second)
+
+
 def test_the_model_trains_the_lstm_layer_by_layer_only_with_dropout_between(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     calls: list[int] = []
-    real = charlm.model.lstm_layers
-    monkeypatch.setattr(charlm.model, "lstm_layers", lambda *a: calls.append(1) or real(*a))
+    real = charlm.model.rnn_layers
+    monkeypatch.setattr(charlm.model, "rnn_layers", lambda *a: calls.append(1) or real(*a))
     ids = torch.randint(0, 11, (3, 10))
     torch.manual_seed(0)
     model = CharLM(ModelConfig(cell="lstm", embedding_dim=6, hidden_size=8, dropout=0.5), 11)
@@ -85,5 +116,5 @@ def test_the_model_trains_the_lstm_layer_by_layer_only_with_dropout_between(
     model.train()
     with torch.no_grad():
         plain, _ = model.rnn(model.embed(ids))
-    dropped, _ = lstm_layers(model.rnn, model.embed(ids), model.init_state(3))
+    dropped, _ = rnn_layers(model.rnn, model.embed(ids), model.init_state(3))
     assert (dropped - plain).abs().max() > 1e-3  # the dropout between the layers is applied
