@@ -124,6 +124,13 @@ class TrainConfig:
         default=None, metadata=_help("Training-time budget in seconds (empty: none).")
     )
     eval_interval: int = field(default=200, metadata=_help("Steps between val evaluations."))
+    eval_every_s: float | None = field(
+        default=None,
+        metadata=_help(
+            "Also evaluate once this many seconds of training have passed since the last eval "
+            "(empty: by steps only); a GPU runs thousands of steps a minute."
+        ),
+    )
     eval_chars: int | None = field(
         default=None,
         metadata=_help(
@@ -136,6 +143,13 @@ class TrainConfig:
     )
     log_interval: int = field(default=10, metadata=_help("Steps between metrics.jsonl lines."))
     checkpoint_interval: int = field(default=500, metadata=_help("Steps between checkpoints."))
+    checkpoint_every_s: float | None = field(
+        default=None,
+        metadata=_help(
+            "Also checkpoint once this many seconds have passed since the last checkpoint "
+            "(empty: by steps only)."
+        ),
+    )
     keep_last: int = field(default=3, metadata=_help("Step checkpoints kept (plus the best)."))
     grad_clip: float = field(
         default=1.0, metadata=_help("Clip the global gradient norm to this (0: off).")
@@ -340,6 +354,10 @@ def validate(config: Config) -> Config:
         _check(t.max_steps >= 1, "train.max_steps", t.max_steps, "a positive whole number")
     if t.max_time is not None:
         _check(t.max_time > 0, "train.max_time", t.max_time, "a number of seconds > 0")
+    for name in ("eval_every_s", "checkpoint_every_s"):
+        value = getattr(t, name)
+        if value is not None:
+            _check(value > 0, f"train.{name}", value, "a number of seconds > 0 or empty")
     if t.eval_chars is not None:
         _check(t.eval_chars >= 2, "train.eval_chars", t.eval_chars, ">= 2 or empty")
     if t.max_steps is None and t.max_time is None:
