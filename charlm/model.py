@@ -9,6 +9,8 @@ evaluation and sampling handle both cells the same way.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import nn
 
@@ -47,7 +49,9 @@ class CharLM(nn.Module):
             # Training on the CPU: the same equations with a hand-written backward (charlm.cpu.gru).
             out, h = gru_sequence(self.rnn, x, state[0])
             new_state: State = (h,)
-        elif layered:  # dropout between the layers: charlm's, not the fused kernel's
+        elif layered or (fused and bf16_autocast(x)):
+            # Dropout between the layers is charlm's, not the fused kernel's; under bf16 autocast
+            # on a GPU the layers run in bf16 themselves (see rnn_layers).
             out, new_state = rnn_layers(self.rnn, x, state)
         elif self.config.cell == "lstm":
             out, (h, c) = self.rnn(x, (state[0], state[1]))
@@ -90,6 +94,7 @@ def rnn_layers(rnn: nn.LSTM | nn.GRU, x: torch.Tensor, state: State) -> tuple[to
     module's.
     """
     lstm = isinstance(rnn, nn.LSTM)
+    half = torch.bfloat16 if bf16_autocast(x) else None
     finals: list[list[torch.Tensor]] = [[] for _ in state]
     for k in range(rnn.num_layers):
         if k > 0:
@@ -98,18 +103,38 @@ def rnn_layers(rnn: nn.LSTM | nn.GRU, x: torch.Tensor, state: State) -> tuple[to
         if rnn.bias:
             weights += [getattr(rnn, f"{name}_l{k}") for name in ("bias_ih", "bias_hh")]
         layer_state = [s[k : k + 1] for s in state]
-        if lstm:
-            x, *outs = torch.lstm(
-                x, layer_state, weights, rnn.bias, 1, 0.0, rnn.training, False, True
-            )
-        else:
-            x, h_k = torch.gru(
-                x, layer_state[0], weights, rnn.bias, 1, 0.0, rnn.training, False, True
-            )
-            outs = [h_k]
+        if half is not None:  # bf16 for real: cast here, and keep autocast out of the call
+            x, weights = x.to(half), [w.to(half) for w in weights]
+            layer_state = [s.to(half) for s in layer_state]
+        with torch.autocast("cuda", enabled=False) if half else contextlib.nullcontext():
+            if lstm:
+                x, *outs = torch.lstm(
+                    x, layer_state, weights, rnn.bias, 1, 0.0, rnn.training, False, True
+                )
+            else:
+                x, h_k = torch.gru(
+                    x, layer_state[0], weights, rnn.bias, 1, 0.0, rnn.training, False, True
+                )
+                outs = [h_k]
         for final, out in zip(finals, outs, strict=True):
             final.append(out)
-    return x, tuple(torch.cat(final) for final in finals)
+    # The carried state leaves in the dtype it came in (fp32), whatever the layers ran in.
+    return x, tuple(torch.cat(f).to(s.dtype) for f, s in zip(finals, state, strict=True))
+
+
+def bf16_autocast(x: torch.Tensor) -> bool:
+    """Whether x is on a GPU under bf16 autocast.
+
+    Why it matters: torch's autocast runs cuDNN's LSTM and GRU in fp16 whatever autocast's dtype
+    (on an H200 with torch 2.11, bf16 autocast gave fp16 outputs), and without the gradient
+    scaler fp16 needs. Under bf16 autocast charlm casts each layer's weights, input and state to
+    bf16 itself and calls the kernel with autocast off, so bf16 means bf16.
+    """
+    return (
+        x.is_cuda
+        and torch.is_autocast_enabled("cuda")
+        and torch.get_autocast_dtype("cuda") == torch.bfloat16
+    )
 
 
 def detach_state(state: State) -> State:
