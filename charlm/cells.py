@@ -12,45 +12,38 @@ Layout, top to bottom:
 1. the element-wise gate equations (``lstm_pointwise``, ``gru_pointwise_after``,
    ``gru_pointwise_before``), the only place the maths lives;
 2. the single-step cells (``lstm_cell``, ``gru_cell``) that add the matrix products;
-3. optional fusion of the element-wise functions by a compiler (``set_fusion``);
-4. the sequence modules ``ReferenceLSTM`` and ``ReferenceGRU``.
+3. the sequence modules ``ReferenceLSTM`` and ``ReferenceGRU``.
 
 Speed comes from the structure of the loop, not from tricks: the input half of every gate is one
 matrix product over the whole sequence, the hidden half is one stacked product per step (two
 for the reset-before GRU, whose candidate product needs ``r_t`` first), and per-step inputs and
 outputs move through ``unbind``/``stack``, which keep autograd at one node per sequence instead of
-one full-size gradient buffer per step.
+one full-size gradient buffer per step. The element-wise functions run eagerly: neither
+TorchScript nor torch.compile made them faster where measured (docs/benchmarks.md), and
+``bench/bench_cells.py --fusion`` can measure them compiled again.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
-from collections.abc import Callable
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 __all__ = [
-    "FUSION_BACKENDS",
     "GRU_RESETS",
     "ReferenceGRU",
     "ReferenceLSTM",
-    "fusion_backend",
     "gru_cell",
     "gru_pointwise_after",
     "gru_pointwise_before",
     "lstm_cell",
     "lstm_pointwise",
-    "set_fusion",
 ]
 
 GRU_RESETS = ("before", "after")
 """``before``: classic GRU (cells.md); ``after``: the fused-kernel form of nn.GRU and cuDNN."""
-
-FUSION_BACKENDS = ("eager", "script", "compile")
 
 
 # --------------------------------------------------------------------------------------------
@@ -112,12 +105,12 @@ def _gru_gates_rz(x_rz: Tensor, h_rz: Tensor) -> tuple[Tensor, Tensor]:
 
 def _lstm_step(x_part: Tensor, h: Tensor, c: Tensor, w_hh_t: Tensor) -> tuple[Tensor, Tensor]:
     """One LSTM step given x_part = W_ih x_t + b_ih + b_hh and w_hh_t = W_hh^T (one product)."""
-    return _fused(lstm_pointwise)(torch.addmm(x_part, h, w_hh_t), c)
+    return lstm_pointwise(torch.addmm(x_part, h, w_hh_t), c)
 
 
 def _gru_step_after(x_part: Tensor, h: Tensor, w_hh_t: Tensor, b_hh: Tensor) -> Tensor:
     """One reset-after GRU step given x_part = W_ih x_t + b_ih (one stacked hidden product)."""
-    return _fused(gru_pointwise_after)(x_part, torch.addmm(b_hh, h, w_hh_t), h)
+    return gru_pointwise_after(x_part, torch.addmm(b_hh, h, w_hh_t), h)
 
 
 def _gru_step_before(
@@ -126,8 +119,8 @@ def _gru_step_before(
     """One reset-before GRU step: a stacked product for r and z, then one for the candidate."""
     hidden = h.shape[1]
     x_rz, x_n = x_part.split([2 * hidden, hidden], dim=1)
-    r, z = _fused(_gru_gates_rz)(x_rz, torch.addmm(b_rz, h, w_rz_t))
-    return _fused(gru_pointwise_before)(x_n, torch.addmm(b_n, r * h, w_n_t), z, h)
+    r, z = _gru_gates_rz(x_rz, torch.addmm(b_rz, h, w_rz_t))
+    return gru_pointwise_before(x_n, torch.addmm(b_n, r * h, w_n_t), z, h)
 
 
 def lstm_cell(
@@ -183,93 +176,7 @@ def _check_reset(reset: str) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# 3. Optional compiler fusion of the element-wise functions.
-#
-# Measured on the development machine (2-core AVX2 CPU, torch 2.13 CPU, B=64, H=256): neither
-# compiler helps there. TorchScript's CPU fuser needs an LLVM build that the CPU wheel lacks
-# (enabling it fails with "LLVM Backend not found"), and unfused it trains no faster than eager
-# (docs/benchmarks.md); torch.compile takes ~20 s per new shape and its fused forward+backward of
-# the LSTM gates was ~25 % slower than eager in a micro-benchmark. So "eager" is the default
-# and the others are opt-in, for machines where they pay off. Any failure to build or run a
-# fused function is reported once, remembered, and the plain Python function is used from then
-# on, so a model never breaks because of a compiler.
-# --------------------------------------------------------------------------------------------
-
-_backend: str = "eager"
-_fused_cache: dict[tuple[str, Callable[..., Any]], Callable[..., Any]] = {}
-_failed: set[str] = set()
-
-
-def set_fusion(backend: str) -> None:
-    """Choose how the element-wise gate functions run: "eager", "script" or "compile".
-
-    Process-wide, like torch's own backend switches; a compiled function is built lazily on
-    first use, so choosing "compile" costs nothing until a cell runs.
-    """
-    global _backend
-    if backend not in FUSION_BACKENDS:
-        raise ValueError(f"fusion backend must be one of {FUSION_BACKENDS}, got {backend!r}")
-    _backend = backend
-    _failed.discard(backend)  # choosing a backend again retries it
-
-
-def fusion_backend() -> str:
-    """The backend actually in use: the chosen one, or "eager" after it failed."""
-    return "eager" if _backend in _failed else _backend
-
-
-def _fused(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """``fn`` compiled by the current backend, or ``fn`` itself (eager, or after a failure)."""
-    if _backend == "eager" or _backend in _failed:
-        return fn
-    fused = _fused_cache.get((_backend, fn))
-    if fused is None:
-        try:
-            fused = _build(fn, _backend)
-        except Exception as exc:
-            _give_up(_backend, exc)
-            return fn
-        fused = _guarded(fn, fused, _backend)
-        _fused_cache[(_backend, fn)] = fused
-    return fused
-
-
-def _build(fn: Callable[..., Any], backend: str) -> Callable[..., Any]:
-    if backend == "script":
-        with warnings.catch_warnings():
-            # torch 2.x marks TorchScript deprecated; the fallback below covers its removal.
-            warnings.simplefilter("ignore", DeprecationWarning)
-            return torch.jit.script(fn)
-    return torch.compile(fn, dynamic=False)
-
-
-def _guarded(fn: Callable[..., Any], fused: Callable[..., Any], backend: str) -> Callable[..., Any]:
-    """Run ``fused``; if it raises (compilers often fail lazily, at first call), fall back."""
-
-    def call(*args: Tensor) -> Any:
-        if backend in _failed:
-            return fn(*args)
-        try:
-            return fused(*args)
-        except Exception as exc:
-            _give_up(backend, exc)
-            return fn(*args)
-
-    return call
-
-
-def _give_up(backend: str, exc: BaseException) -> None:
-    _failed.add(backend)
-    warnings.warn(
-        f"charlm.cells: fusion backend {backend!r} failed ({type(exc).__name__}: {exc}); "
-        "using eager element-wise gates from now on",
-        RuntimeWarning,
-        stacklevel=3,
-    )
-
-
-# --------------------------------------------------------------------------------------------
-# 4. Sequence modules, drop-in for nn.LSTM / nn.GRU with batch_first=True.
+# 3. Sequence modules, drop-in for nn.LSTM / nn.GRU with batch_first=True.
 # --------------------------------------------------------------------------------------------
 
 

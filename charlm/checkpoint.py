@@ -220,10 +220,55 @@ def find_checkpoint(run: str | Path) -> Path:
     raise CharlmError(f"{path}: holds no checkpoint (expected checkpoints/*{SUFFIX})")
 
 
-def prune(folder: Path, keep_last: int) -> None:
-    """Delete all but the newest `keep_last` step checkpoints (the best is a separate file)."""
-    for _, p in step_checkpoints(folder)[:-keep_last]:
-        p.unlink(missing_ok=True)
+DAMAGED_DIR = "damaged"
+"""Subfolder of a checkpoint folder where `prune` moves step files that do not load."""
+
+
+@dataclass(frozen=True)
+class SetAside:
+    """A step file that did not load, moved out of the rotation instead of being deleted."""
+
+    path: Path  # where it was
+    moved_to: Path  # where it is now
+    reason: str  # the load error
+
+
+def prune(folder: Path, keep_last: int) -> list[SetAside]:
+    """Keep the newest `keep_last` step checkpoints that load; delete the older ones.
+
+    Newest first, each file is loaded until `keep_last` have loaded, so a damaged or foreign
+    step file never counts among the kept, and a good checkpoint is never deleted to keep one
+    that does not load. Files that fail are moved into the `damaged/` subfolder (a user may
+    want them), and returned. The best checkpoint is a separate file and not touched.
+    """
+    if keep_last < 1:
+        raise ValueError(f"keep_last must be at least 1, got {keep_last}")
+    kept = 0
+    set_aside: list[SetAside] = []
+    for _, path in reversed(step_checkpoints(folder)):
+        if kept >= keep_last:
+            path.unlink(missing_ok=True)
+            continue
+        try:
+            load_checkpoint(path)
+        except CharlmError as e:
+            set_aside.append(SetAside(path, _move_aside(path), str(e)))
+            continue
+        kept += 1
+    return set_aside
+
+
+def _move_aside(path: Path) -> Path:
+    """Move `path` into `damaged/` beside it, under a name no earlier file there has."""
+    target_dir = path.parent / DAMAGED_DIR
+    target_dir.mkdir(exist_ok=True)
+    target = target_dir / path.name
+    n = 1
+    while target.exists():
+        target = target_dir / f"{path.stem}.{n}{path.suffix}"
+        n += 1
+    os.replace(path, target)
+    return target
 
 
 @dataclass

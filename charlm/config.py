@@ -2,15 +2,13 @@
 
 A config is three frozen dataclasses (`data`, `model`, `train`) with their defaults beside them.
 Values are converted by the declared type, never by YAML's guess (PyYAML reads `3e-4` as a
-string), and every mistake names the dotted key, the value and what is accepted.
+string; `charlm.coerce`), and every mistake names the dotted key, the value and what is accepted.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
-import types
 import typing
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -19,6 +17,7 @@ from typing import Any, Literal
 
 import yaml
 
+from charlm.coerce import coerce
 from charlm.errors import CharlmError
 
 BUILTIN_CORPUS = "builtin:stdlib"
@@ -218,74 +217,6 @@ def _suggest(key: str) -> str:
     return f" (did you mean {match[0]}?)" if match else ""
 
 
-def _type_name(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if origin is Literal:
-        return " / ".join(str(a) for a in typing.get_args(tp))
-    if origin in (typing.Union, types.UnionType):
-        inner = [a for a in typing.get_args(tp) if a is not type(None)]
-        return f"{_type_name(inner[0])} or empty"
-    names = {int: "whole number", float: "number", str: "string", bool: "true/false"}
-    return names.get(tp, getattr(tp, "__name__", str(tp)))
-
-
-_NULLS = {"null", "none", "~", ""}
-_TRUE = {"true", "yes", "on", "1"}
-_FALSE = {"false", "no", "off", "0"}
-
-
-def _coerce(key: str, value: Any, tp: Any) -> Any:
-    """Convert one raw value (from YAML or the command line) to the declared type."""
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        if value is None or (isinstance(value, str) and value.strip().lower() in _NULLS):
-            return None
-        inner = [a for a in typing.get_args(tp) if a is not type(None)]
-        return _coerce(key, value, inner[0])
-    if origin is Literal:
-        choices = typing.get_args(tp)
-        text = value.strip().lower() if isinstance(value, str) else value
-        if text not in choices:
-            raise CharlmError(
-                f"{key}: {value!r} is not accepted; expected one of {', '.join(choices)}"
-            )
-        return text
-    bad = CharlmError(f"{key}: {value!r} is not a valid {_type_name(tp)}")
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.strip().lower() in _TRUE | _FALSE:
-            return value.strip().lower() in _TRUE
-        raise bad
-    if tp is int:
-        if isinstance(value, bool):
-            raise bad
-        if isinstance(value, int):
-            return value
-        try:
-            number = float(value) if isinstance(value, (str, float)) else None
-        except ValueError:
-            number = None
-        if number is None or not math.isfinite(number) or not number.is_integer():
-            raise bad
-        return int(number)
-    if tp is float:
-        if isinstance(value, bool):
-            raise bad
-        try:
-            number = float(value) if isinstance(value, (int, float, str)) else None
-        except ValueError:
-            number = None
-        if number is None or not math.isfinite(number):
-            raise bad
-        return number
-    if tp is str:
-        if not isinstance(value, str):
-            raise bad
-        return value
-    raise TypeError(f"unsupported config type {tp!r} for {key}")  # a bug, not a user error
-
-
 def unescape_separator(separator: str) -> str:
     """`data.separator` with escapes such as `\n` and `\t` turned into the characters."""
     try:
@@ -374,7 +305,7 @@ def _section_from_mapping(section: str, raw: Mapping[str, Any], where: str) -> A
         key = f"{section}.{name}"
         if name not in names:
             raise CharlmError(f"{where}: unknown config key {key}{_suggest(key)}")
-        values[name] = _coerce(key, value, hints[name])
+        values[name] = coerce(key, value, hints[name])
     return cls(**values)
 
 

@@ -3,7 +3,8 @@
 The split is scored in order with the hidden state carried, the standard way for character models
 (short windows from a fresh state read worse and are not comparable). For speed it is cut into a
 few long contiguous segments scored side by side, each carrying its own state; `streams` records
-how many, and `streams=1` is the exact single-pass score.
+how many, and `streams=1` is the exact single-pass score. `evaluate_windows` scores the other way,
+fixed windows from a fresh state each, to compare with models that are scored like that.
 """
 
 from __future__ import annotations
@@ -97,6 +98,69 @@ def evaluate_ids(
         perplexity=math.exp(min(loss, 700.0)),
         chars=count,
         streams=n_streams,
+        seconds=time.perf_counter() - start,
+    )
+
+
+@torch.no_grad()
+def evaluate_windows(
+    model: CharLM,
+    ids: np.ndarray,
+    window: int,
+    batch: int = 64,
+    chunk_len: int = EVAL_CHUNK,
+    precision: str | None = None,
+) -> EvalResult:
+    """Mean loss over windows of `window` characters, each read from a fresh (zero) state.
+
+    The windows tile `ids` from the start without overlap; the last `len(ids) % window`
+    characters, too few for a window, are left out. A window's first character is context only:
+    characters 2..`window` are each predicted from the ones before them in the same window, so
+    the score is that of a model given at most `window - 1` characters of context (as
+    transformer character models are scored over fixed blocks). `batch` windows run side by
+    side; `streams` in the result is the number of windows. `precision` as in `evaluate_ids`.
+    """
+    if window < 2:
+        raise CharlmError(f"window {window}: too short; need at least 2 characters")
+    if window > len(ids):
+        raise CharlmError(f"window {window}: longer than the text ({len(ids)} characters)")
+    if batch < 1:
+        raise CharlmError(f"batch {batch}: need at least 1 window at a time")
+    if precision is not None:
+        from charlm.stepper import check_precision
+
+        check_precision(precision, auto=False)
+    start = time.perf_counter()
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    n_windows = len(ids) // window
+    windows = torch.from_numpy(np.asarray(ids[: n_windows * window], dtype=np.int64))
+    windows = windows.reshape(n_windows, window)
+    total = torch.zeros((), dtype=torch.float64, device=device)
+    for first in range(0, n_windows, batch):
+        part = windows[first : first + batch].to(device)
+        x, y = part[:, :-1], part[:, 1:]
+        chunks = (  # both start every row from a zero state
+            model_chunks(model, x, chunk_len)
+            if precision is None
+            else step_chunks(model, x, chunk_len, precision)
+        )
+        for t, logits in chunks:
+            total += F.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]).float(),
+                y[:, t : t + chunk_len].reshape(-1),
+                reduction="sum",
+            ).double()
+    model.train(was_training)
+    count = n_windows * (window - 1)
+    loss = float(total) / count
+    return EvalResult(
+        loss=loss,
+        bpc=loss / math.log(2),
+        perplexity=math.exp(min(loss, 700.0)),
+        chars=count,
+        streams=n_windows,
         seconds=time.perf_counter() - start,
     )
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-import warnings
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -19,10 +17,8 @@ ATOL = 1e-5
 
 
 @pytest.fixture(autouse=True)
-def _seed_and_eager() -> Iterator[None]:
+def _seed() -> None:
     torch.manual_seed(0)
-    yield
-    cells.set_fusion("eager")
 
 
 def _pair(kind: str, layers: int) -> tuple[nn.Module, nn.Module]:
@@ -284,47 +280,3 @@ def test_bad_shapes_raise() -> None:
         lstm(torch.randn(3, 4, IN), (torch.zeros(1, 3, HID), torch.zeros(2, 3, HID)))
     with pytest.raises(ValueError, match="dropout"):
         ReferenceGRU(IN, HID, dropout=1.5)
-
-
-# ----------------------------------------------------------------------------------- fusion
-
-
-def test_script_fusion_gives_same_results() -> None:
-    fused, ref = _pair("lstm", 2)
-    x = torch.randn(2, 4, IN)
-    cells.set_fusion("script")
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # a silent fallback would hide here as a warning
-        out = ref(x)[0]
-    assert cells.fusion_backend() == "script"
-    torch.testing.assert_close(out, fused(x)[0], atol=ATOL, rtol=1e-4)
-
-
-def test_fusion_failure_falls_back_to_eager_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    calls = {"n": 0}
-
-    def broken_build(fn, backend):  # compiles "fine" but fails when run, like a lazy compiler
-        def run(*args):
-            calls["n"] += 1
-            raise RuntimeError("no backend here")
-
-        return run
-
-    monkeypatch.setattr(cells, "_build", broken_build)
-    monkeypatch.setattr(cells, "_fused_cache", {})  # keep the broken build out of later tests
-    fused, ref = _pair("gru", 1)
-    x = torch.randn(2, 5, IN)
-    cells.set_fusion("compile")
-    with pytest.warns(RuntimeWarning, match="no backend here"):
-        out = ref(x)[0]
-    assert cells.fusion_backend() == "eager"
-    assert calls["n"] == 1  # remembered: the broken function is not retried every step
-    torch.testing.assert_close(out, fused(x)[0], atol=ATOL, rtol=1e-4)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        ref(x)  # no second warning
-
-
-def test_unknown_fusion_backend_raises() -> None:
-    with pytest.raises(ValueError, match="fusion"):
-        cells.set_fusion("tensorrt")

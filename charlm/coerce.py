@@ -1,0 +1,83 @@
+"""Raw config values (YAML scalars or command-line text) converted to their declared types.
+
+By the declared type, never by YAML's guess: PyYAML reads `3e-4` as a string and `yes` as a
+boolean. Every refusal is a CharlmError naming the dotted key, the value and what is accepted.
+"""
+
+from __future__ import annotations
+
+import math
+import types
+import typing
+from typing import Any, Literal
+
+from charlm.errors import CharlmError
+
+
+def type_name(tp: Any) -> str:
+    """How a declared type reads in an error message: `whole number`, `lstm / gru`, ..."""
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return " / ".join(str(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        inner = [a for a in typing.get_args(tp) if a is not type(None)]
+        return f"{type_name(inner[0])} or empty"
+    names = {int: "whole number", float: "number", str: "string", bool: "true/false"}
+    return names.get(tp, getattr(tp, "__name__", str(tp)))
+
+
+NULLS = {"null", "none", "~", ""}
+TRUE = {"true", "yes", "on", "1"}
+FALSE = {"false", "no", "off", "0"}
+
+
+def coerce(key: str, value: Any, tp: Any) -> Any:
+    """Convert one raw value (from YAML or the command line) to the declared type."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.strip().lower() in NULLS):
+            return None
+        inner = [a for a in typing.get_args(tp) if a is not type(None)]
+        return coerce(key, value, inner[0])
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        text = value.strip().lower() if isinstance(value, str) else value
+        if text not in choices:
+            raise CharlmError(
+                f"{key}: {value!r} is not accepted; expected one of {', '.join(choices)}"
+            )
+        return text
+    bad = CharlmError(f"{key}: {value!r} is not a valid {type_name(tp)}")
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in TRUE | FALSE:
+            return value.strip().lower() in TRUE
+        raise bad
+    if tp is int:
+        if isinstance(value, bool):
+            raise bad
+        if isinstance(value, int):
+            return value
+        try:
+            number = float(value) if isinstance(value, (str, float)) else None
+        except ValueError:
+            number = None
+        if number is None or not math.isfinite(number) or not number.is_integer():
+            raise bad
+        return int(number)
+    if tp is float:
+        if isinstance(value, bool):
+            raise bad
+        try:
+            number = float(value) if isinstance(value, (int, float, str)) else None
+        except ValueError:
+            number = None
+        if number is None or not math.isfinite(number):
+            raise bad
+        return number
+    if tp is str:
+        if not isinstance(value, str):
+            raise bad
+        return value
+    raise TypeError(f"unsupported config type {tp!r} for {key}")  # a bug, not a user error
