@@ -32,6 +32,17 @@ IMPL_HELP = (
     "cells; default: the one the model was trained with."
 )
 RUN_HELP = "A run folder (best checkpoint, else last) or a checkpoint."
+PRECISION_HELP = (
+    "fp32; bf16: matrix products in bfloat16 (probabilities move by about 1%); int8: "
+    "weights in 8 bits, CPU only; auto: times a few steps in each and takes the fastest, if "
+    "1.1x fp32's speed or more (named on stderr). Any but fp32 can change a seed's text; "
+    "`charlm eval RUN --precision P` shows what one costs your model."
+)
+THREADS_HELP = (
+    "CPU threads for the steps. Default: 1 for a single sample (fastest on a busy "
+    "machine), all cores for batches; 2 or more can speed up a wide model's single "
+    "sample when cores are idle."
+)
 
 
 @friendly
@@ -76,22 +87,8 @@ def sample(
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     unknown: str = typer.Option("error", "--unknown", help=UNKNOWN_HELP.format(what="prime")),
     impl: str | None = typer.Option(None, "--impl", help=IMPL_HELP),
-    precision: str = typer.Option(
-        "fp32",
-        "--precision",
-        help="fp32; bf16: matrix products in bfloat16 (probabilities move by about 1%); int8: "
-        "weights in 8 bits, CPU only; auto: times a few steps in each and takes the fastest, if "
-        "1.1x fp32's speed or more (named on stderr). Any but fp32 can change a seed's text; "
-        "`charlm eval RUN --precision P` shows what one costs your model.",
-    ),
-    threads: int | None = typer.Option(
-        None,
-        "--threads",
-        help="CPU threads for the steps. Default: 1 for a single sample (fastest on a busy "
-        "machine), all cores for batches; 2 or more can speed up a wide model's single "
-        "sample when cores are idle.",
-        show_default=False,
-    ),
+    precision: str = typer.Option("fp32", "--precision", help=PRECISION_HELP),
+    threads: int | None = typer.Option(None, "--threads", help=THREADS_HELP, show_default=False),
 ) -> None:
     """Print the prime followed by exactly --length new characters to stdout, as they come."""
     from charlm.checkpoint import load_model

@@ -64,15 +64,7 @@ def train(
     config_path, overrides = split_train_args(args or [])
     _check_resume(resume, config_path, out)
     if nproc is not None and nproc != 1:
-        if distributed.launched_by_torchrun():
-            raise CharlmError("--nproc: already running under torchrun; drop --nproc")
-        if resume is None and out is None:
-            out = default_run_dir(config_path)  # one folder name for every process
-        forwarded = [*(args or [])]
-        forwarded += ["--out", str(out)] if out is not None else []
-        forwarded += ["--resume", str(resume)] if resume is not None else []
-        forwarded += ["--quiet"] if quiet else []
-        raise typer.Exit(distributed.launch(nproc, forwarded))
+        raise typer.Exit(_launch(nproc, args or [], config_path, out, resume, quiet))
     # Under torchrun, the processes other than rank 0 train silently; rank 0 reports.
     follower = distributed.is_follower()
     show = ProgressView(plain=quiet or follower or not err.is_terminal)
@@ -113,6 +105,29 @@ def _check_resume(resume: Path | None, config_path: str | None, out: Path | None
         raise CharlmError(
             f"--resume {resume}: a resumed run continues in its own folder; drop --out"
         )
+
+
+def _launch(
+    nproc: int,
+    args: list[str],
+    config_path: str | None,
+    out: Path | None,
+    resume: Path | None,
+    quiet: bool,
+) -> int:
+    """`--nproc N`: run this command in N torchrun processes; their exit code."""
+    from charlm import distributed
+    from charlm.runs import default_run_dir
+
+    if distributed.launched_by_torchrun():
+        raise CharlmError("--nproc: already running under torchrun; drop --nproc")
+    if resume is None and out is None:
+        out = default_run_dir(config_path)  # one folder name for every process
+    forwarded = [*args]
+    forwarded += ["--out", str(out)] if out is not None else []
+    forwarded += ["--resume", str(resume)] if resume is not None else []
+    forwarded += ["--quiet"] if quiet else []
+    return distributed.launch(nproc, forwarded)
 
 
 def _finish_report() -> None:
