@@ -33,7 +33,7 @@ from common import DEFAULT_CORPUS, read_corpus  # noqa: E402
 
 from charlm.config import ModelConfig  # noqa: E402 (after the path line, to bench this checkout)
 from charlm.model import CharLM  # noqa: E402
-from charlm.sample import generate_batch  # noqa: E402
+from charlm.sample import SampleOptions, generate_batch  # noqa: E402
 from charlm.stepper import PRECISIONS, choose_precision  # noqa: E402 (charlm sample --precision)
 from charlm.vocab import Vocab  # noqa: E402
 
@@ -67,7 +67,10 @@ def charlm_sampler(
     """Characters per second (all streams) of charlm's sampler, characters as they come."""
     start = time.perf_counter()
     for _ in generate_batch(
-        model, vocab, "", chars, seed=0, num_samples=batch, precision=precision
+        model,
+        vocab,
+        "",
+        SampleOptions(length=chars, seed=0, num_samples=batch, precision=precision),
     ):
         pass
     return batch * chars / (time.perf_counter() - start)

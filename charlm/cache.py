@@ -365,3 +365,26 @@ def split_sizes(chars: int, val_fraction: float, test_fraction: float) -> tuple[
     n_test = round(chars * test_fraction)
     n_val = round(chars * val_fraction)
     return chars - n_val - n_test, n_val, n_test
+
+
+def corpus_statistics(prepared: PreparedCorpus, data: DataConfig) -> dict[str, Any]:
+    """What `charlm data prepare` reports about a prepared corpus, as JSON-ready values.
+
+    The ten most and least frequent symbols (ties in vocabulary order) and the split sizes
+    training will cut with `data`'s fractions.
+    """
+    n_train, n_val, n_test = split_sizes(prepared.chars, data.val_fraction, data.test_fraction)
+    ranked = sorted(zip(prepared.vocab.chars, prepared.counts, strict=True), key=lambda p: -p[1])
+    return {
+        "corpus": prepared.source,
+        "files": len(prepared.files),
+        "chars": prepared.chars,
+        "vocab_size": len(prepared.vocab),
+        "dtype": prepared.ids.dtype.name,
+        "most_frequent": [[c, n] for c, n in ranked[:10]],
+        "least_frequent": [[c, n] for c, n in ranked[-10:][::-1]],
+        "splits": {"train": n_train, "val": n_val, "test": n_test},
+        "sha256": prepared.sha256,
+        "cache": str(prepared.cache_path),
+        "cache_status": prepared.status,
+    }

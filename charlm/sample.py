@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -26,40 +27,74 @@ from torch import nn
 
 from charlm.errors import CharlmError
 from charlm.model import CharLM
-from charlm.stepper import check_precision, make_stepper
+from charlm.stepper import check_precision, choose_precision, make_stepper
 from charlm.vocab import Vocab
 
 
-def check_options(
-    length: int,
-    temperature: float | None,
-    top_k: int | None,
-    top_p: float | None,
-    num_samples: int = 1,
-    beam: int | None = None,
-    precision: str = "fp32",
-) -> None:
-    """Reject decoding options that make no sense, naming the option.
+@dataclass(frozen=True, kw_only=True)
+class SampleOptions:
+    """What to decode: how many characters, how each is picked, when a sample stops.
 
-    `temperature` None means "not given" (1.0 when sampling); beam search takes none of the
-    sampling options, because it does not sample.
+    `temperature` None means "not given": 1 when sampling. `beam` set means beam search of that
+    width, which takes none of the sampling options (temperature, top_k, top_p) because it does
+    not sample. The options are checked when made, so every instance is one the decoders accept;
+    the errors name the `charlm sample` option.
     """
-    if beam is not None:
-        check_beam(beam, num_samples, temperature, top_k, top_p)
-        temperature = 1.0
-    if temperature is None:
-        temperature = 1.0
-    if length < 1:
-        raise CharlmError(f"--length {length}: expected a positive number of characters")
-    if not temperature >= 0:
-        raise CharlmError(f"--temperature {temperature}: expected a number >= 0 (0 = greedy)")
-    if top_k is not None and top_k < 1:
-        raise CharlmError(f"--top-k {top_k}: expected a whole number >= 1")
-    if top_p is not None and not 0 < top_p <= 1:
-        raise CharlmError(f"--top-p {top_p}: expected a number in (0, 1]")
-    if num_samples < 1:
-        raise CharlmError(f"--num-samples {num_samples}: expected a whole number >= 1")
-    check_precision(precision)
+
+    length: int = 200
+    temperature: float | None = None
+    top_k: int | None = None
+    top_p: float | None = None
+    seed: int | None = None
+    num_samples: int = 1
+    stops: tuple[str, ...] = ()
+    unknown: str = "error"
+    precision: str = "fp32"
+    beam: int | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "stops", tuple(self.stops))
+        self._check()
+
+    def _check(self) -> None:
+        if self.beam is not None:
+            self._check_beam(self.beam)
+        temperature = 1.0 if self.temperature is None else self.temperature
+        if self.length < 1:
+            raise CharlmError(f"--length {self.length}: expected a positive number of characters")
+        if not temperature >= 0:
+            raise CharlmError(f"--temperature {temperature}: expected a number >= 0 (0 = greedy)")
+        if self.top_k is not None and self.top_k < 1:
+            raise CharlmError(f"--top-k {self.top_k}: expected a whole number >= 1")
+        if self.top_p is not None and not 0 < self.top_p <= 1:
+            raise CharlmError(f"--top-p {self.top_p}: expected a number in (0, 1]")
+        if self.num_samples < 1:
+            raise CharlmError(f"--num-samples {self.num_samples}: expected a whole number >= 1")
+        if "" in self.stops:
+            raise CharlmError("--stop '': expected a non-empty string")
+        check_precision(self.precision)
+
+    def _check_beam(self, beam: int) -> None:
+        """Beam search is deterministic: sampling options would be silently ignored; refuse them."""
+        if beam < 1:
+            raise CharlmError(f"--beam {beam}: expected a whole number >= 1")
+        sampling = {"--temperature": self.temperature, "--top-k": self.top_k, "--top-p": self.top_p}
+        given = [name for name, value in sampling.items() if value is not None]
+        if given:
+            raise CharlmError(
+                f"--beam searches for the likeliest text and does not sample; "
+                f"drop {', '.join(given)}"
+            )
+        if self.num_samples > beam:
+            raise CharlmError(
+                f"--num-samples {self.num_samples} with --beam {beam}: a beam of {beam} keeps at "
+                f"most {beam} continuations; use --num-samples <= --beam"
+            )
+
+    @property
+    def batch(self) -> int:
+        """The rows each step runs: the beam width, else the number of samples."""
+        return self.beam if self.beam is not None else self.num_samples
 
 
 def filter_logits(logits: torch.Tensor, top_k: int | None, top_p: float | None) -> torch.Tensor:
@@ -88,32 +123,6 @@ def encode_prime(vocab: Vocab, prime: str, unknown: str = "error") -> list[int]:
     except CharlmError as e:
         raise CharlmError(f"--prime: {e}") from None
     return ids or [vocab.chars.index("\n") if "\n" in vocab else 0]
-
-
-def check_beam(
-    beam: int,
-    num_samples: int,
-    temperature: float | None,
-    top_k: int | None,
-    top_p: float | None,
-) -> None:
-    """Beam search is deterministic: sampling options would be silently ignored, so refuse them."""
-    if beam < 1:
-        raise CharlmError(f"--beam {beam}: expected a whole number >= 1")
-    given = [
-        name
-        for name, value in (("--temperature", temperature), ("--top-k", top_k), ("--top-p", top_p))
-        if value is not None
-    ]
-    if given:
-        raise CharlmError(
-            f"--beam searches for the likeliest text and does not sample; drop {', '.join(given)}"
-        )
-    if num_samples > beam:
-        raise CharlmError(
-            f"--num-samples {num_samples} with --beam {beam}: a beam of {beam} keeps at most "
-            f"{beam} continuations; use --num-samples <= --beam"
-        )
 
 
 _ESCAPES = {"n": "\n", "t": "\t", "r": "\r", "\\": "\\", "0": "\0"}
@@ -179,34 +188,23 @@ class Decoding:
         model: nn.Module,
         vocab: Vocab,
         prime: str,
-        length: int,
-        temperature: float,
-        top_k: int | None,
-        top_p: float | None,
-        seed: int | None,
-        num_samples: int,
-        stop: Iterable[str] = (),
+        options: SampleOptions,
         score: bool = False,
-        unknown: str = "error",
-        precision: str = "fp32",
     ) -> None:
-        check_options(length, temperature, top_k, top_p, num_samples, precision=precision)
-        self.precision = precision
+        if options.beam is not None:
+            raise ValueError("options.beam is set: beam_search decodes those options")
+        self.options = options
         self.prime = prime
-        self.prime_ids = encode_prime(vocab, prime, unknown)
+        self.prime_ids = encode_prime(vocab, prime, options.unknown)
         self.model = model
         self.vocab = vocab
-        self.length = length
-        self.temperature = temperature
-        self.top_k = top_k
-        self.top_p = top_p
-        base = seed if seed is not None else int(torch.seed() % (2**63))
-        self.seeds = [(base + i) % 2**64 for i in range(num_samples)]
-        self.stop = tuple(stop)
+        base = options.seed if options.seed is not None else int(torch.seed() % (2**63))
+        self.seeds = [(base + i) % 2**64 for i in range(options.num_samples)]
+        self.stop = options.stops
         self.score = score
-        self.texts: list[list[str]] = [[] for _ in range(num_samples)]
-        self.logprobs = [0.0] * num_samples
-        self.stopped: list[str | None] = [None] * num_samples
+        self.texts: list[list[str]] = [[] for _ in range(options.num_samples)]
+        self.logprobs = [0.0] * options.num_samples
+        self.stopped: list[str | None] = [None] * options.num_samples
 
     def samples(self) -> list[Sample]:
         return [
@@ -216,14 +214,15 @@ class Decoding:
 
     @torch.inference_mode()
     def __iter__(self) -> Iterator[tuple[str, ...]]:
-        model = self.model
+        model, options = self.model, self.options
         model.eval()
         device = next(model.parameters()).device
-        stepper = make_stepper(model, precision=self.precision, batch=len(self.seeds))
+        stepper = make_stepper(model, precision=options.precision, batch=len(self.seeds))
         n = len(self.seeds)
         gens = [torch.Generator().manual_seed(s) for s in self.seeds]
-        inv_t = 1.0 / self.temperature if self.temperature > 0 else 0.0
-        filtered = self.top_k is not None or self.top_p is not None
+        temperature = 1.0 if options.temperature is None else options.temperature
+        inv_t = 1.0 / temperature if temperature > 0 else 0.0
+        filtered = options.top_k is not None or options.top_p is not None
         # On a GPU every .tolist() waits for the device, so ids are fetched in chunks there.
         fetch_every = 1 if device.type == "cpu" else 16
         prime = torch.tensor(self.prime_ids, device=device).expand(n, -1)
@@ -233,8 +232,8 @@ class Decoding:
         # Plain streaming (no stops, no scores, on the CPU) needs none of the bookkeeping.
         lean = fetch_every == 1 and not self.stop and not self.score
         chars = self.vocab.chars
-        last = self.length - 1
-        for t in range(self.length):
+        last = options.length - 1
+        for t in range(options.length):
             x = logits.float()
             if inv_t == 0.0:
                 ids = x.argmax(-1)
@@ -244,7 +243,7 @@ class Decoding:
                     noise = _gumbel(gens, x.shape[-1], device)
                 z = x if inv_t == 1.0 else x * inv_t
                 if filtered:
-                    z = filter_logits(z, self.top_k, self.top_p)
+                    z = filter_logits(z, options.top_k, options.top_p)
                 ids = torch.add(z, noise[k]).argmax(-1)
             if lean:
                 yield tuple([chars[i] for i in ids.tolist()])
@@ -309,111 +308,41 @@ def _gumbel(
 
 
 def generate_batch(
-    model: CharLM,
-    vocab: Vocab,
-    prime: str = "",
-    length: int = 200,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    seed: int | None = None,
-    num_samples: int = 1,
-    stop: Iterable[str] = (),
-    unknown: str = "error",
-    precision: str = "fp32",
+    model: CharLM, vocab: Vocab, prime: str = "", options: SampleOptions = SampleOptions()
 ) -> Iterator[tuple[str, ...]]:
-    """Yield one new character per sample per step, at most `length` times.
+    """Yield one new character per sample per step, at most `options.length` times.
 
-    Options and the prime are checked here, before the first character is asked for, so a caller
-    can report a bad prime before printing anything. A sample stops after producing any string in
-    `stop` (the stop string is part of its text) and gives "" afterwards.
+    The prime is encoded here, before the first character is asked for, so a caller can report a
+    bad prime before printing anything. A sample stops after producing any string in
+    `options.stops` (the stop string is part of its text) and gives "" afterwards.
     """
-    decoding = Decoding(
-        model,
-        vocab,
-        prime,
-        length,
-        temperature,
-        top_k,
-        top_p,
-        seed,
-        num_samples,
-        stop,
-        unknown=unknown,
-        precision=precision,
-    )
-    return iter(decoding)
+    return iter(Decoding(model, vocab, prime, options))
 
 
 def sample_batch(
-    model: CharLM,
-    vocab: Vocab,
-    prime: str = "",
-    length: int = 200,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    seed: int | None = None,
-    num_samples: int = 1,
-    stop: Iterable[str] = (),
-    unknown: str = "error",
-    precision: str = "fp32",
+    model: CharLM, vocab: Vocab, prime: str = "", options: SampleOptions = SampleOptions()
 ) -> list[Sample]:
     """The same samples `generate_batch` gives, finished, with their log-likelihoods."""
-    decoding = Decoding(
-        model,
-        vocab,
-        prime,
-        length,
-        temperature,
-        top_k,
-        top_p,
-        seed,
-        num_samples,
-        stop,
-        True,
-        unknown,
-        precision,
-    )
+    decoding = Decoding(model, vocab, prime, options, score=True)
     for _ in decoding:
         pass
     return decoding.samples()
 
 
 def generate(
-    model: CharLM,
-    vocab: Vocab,
-    prime: str = "",
-    length: int = 200,
-    temperature: float = 1.0,
-    top_k: int | None = None,
-    top_p: float | None = None,
-    seed: int | None = None,
-    stop: Iterable[str] = (),
-    unknown: str = "error",
-    precision: str = "fp32",
+    model: CharLM, vocab: Vocab, prime: str = "", options: SampleOptions = SampleOptions()
 ) -> Iterator[str]:
     """Yield the characters of one sample as they are produced (the prime is not repeated)."""
-    chars = generate_batch(
-        model, vocab, prime, length, temperature, top_k, top_p, seed, 1, stop, unknown, precision
-    )
-    for (char,) in chars:
+    if options.num_samples != 1:
+        raise ValueError("generate draws one sample; generate_batch draws options.num_samples")
+    for (char,) in generate_batch(model, vocab, prime, options):
         yield char
 
 
 @torch.inference_mode()
-def beam_search(
-    model: CharLM,
-    vocab: Vocab,
-    prime: str = "",
-    length: int = 200,
-    beam: int = 4,
-    num_samples: int = 1,
-    stop: Iterable[str] = (),
-    unknown: str = "error",
-    precision: str = "fp32",
-) -> list[Sample]:
-    """The `num_samples` likeliest continuations found by a beam of width `beam`, best first.
+def beam_search(model: CharLM, vocab: Vocab, prime: str, options: SampleOptions) -> list[Sample]:
+    """The `options.num_samples` likeliest continuations found by a beam of width
+    `options.beam`, best first.
 
     Each step extends every live hypothesis by every character and keeps the `beam` highest by
     total log-likelihood (natural log, the model's unmodified distribution). A hypothesis that ends
@@ -423,18 +352,19 @@ def beam_search(
     without stop strings every hypothesis has `length` characters and this is the same ranking
     as the total. With `beam=1` this is greedy decoding. Deterministic: no randomness is used.
     """
-    check_options(length, None, None, None, num_samples, beam, precision)
-    prime_ids = encode_prime(vocab, prime, unknown)
-    stops = tuple(stop)
+    if options.beam is None:
+        raise ValueError("beam_search needs options.beam, the beam width")
+    beam, stops = options.beam, options.stops
+    prime_ids = encode_prime(vocab, prime, options.unknown)
     longest = max((len(s) for s in stops), default=0)
     model.eval()
     device = next(model.parameters()).device
-    stepper = make_stepper(model, precision=precision, batch=beam)
+    stepper = make_stepper(model, precision=options.precision, batch=beam)
     logits, state = stepper.start(torch.tensor([prime_ids], device=device))
     scores = torch.zeros(1, dtype=torch.float64, device=device)
     live: list[list[int]] = [[]]
     done: list[tuple[list[int], float, str | None]] = []
-    for _ in range(length):
+    for _ in range(options.length):
         logp = torch.log_softmax(logits.double(), -1)
         vocab_size = logp.shape[-1]
         top, index = (scores.unsqueeze(1) + logp).view(-1).topk(min(beam, logp.numel()))
@@ -459,4 +389,66 @@ def beam_search(
     else:
         done += [(seq, total, None) for seq, total in zip(live, scores.tolist(), strict=True)]
     done.sort(key=lambda h: h[1] / len(h[0]), reverse=True)
-    return [Sample(prime, vocab.decode(seq), total, hit) for seq, total, hit in done[:num_samples]]
+    return [
+        Sample(prime, vocab.decode(seq), total, hit)
+        for seq, total, hit in done[: options.num_samples]
+    ]
+
+
+def decode(
+    model: CharLM, vocab: Vocab, prime: str, options: SampleOptions, scored: bool = False
+) -> list[Sample] | Iterator[tuple[str, ...]]:
+    """Run the decoder the options call for.
+
+    Beam search when `options.beam` is set; else sampling: the finished samples with their
+    log-likelihoods when `scored`, else `generate_batch`'s rows of new characters, which keep no
+    bookkeeping, so a single stream can be shown as it comes. The prime is encoded before this
+    returns either way.
+    """
+    if options.beam is not None:
+        return beam_search(model, vocab, prime, options)
+    if scored:
+        return sample_batch(model, vocab, prime, options)
+    return generate_batch(model, vocab, prime, options)
+
+
+def resolve_precision(
+    model: nn.Module, options: SampleOptions
+) -> tuple[SampleOptions, dict[str, float]]:
+    """`precision="auto"` made concrete, with the seconds per step timed for each precision.
+
+    Timed once at the batch the steps run (the beam width or the number of samples), on the
+    current threads, so a caller can name the pick before decoding; any other precision comes
+    back unchanged, with no timings.
+    """
+    if options.precision != "auto":
+        return options, {}
+    chosen, timings = choose_precision(model, options.batch)
+    return replace(options, precision=chosen), timings
+
+
+def check_threads(threads: int | None) -> None:
+    if threads is not None and threads < 1:
+        raise CharlmError(f"--threads {threads}: expected a whole number >= 1")
+
+
+@contextmanager
+def sampling_threads(
+    model: nn.Module, options: SampleOptions, threads: int | None = None
+) -> Iterator[None]:
+    """Run the block on the CPU threads sampling uses; torch's setting is put back afterwards.
+
+    `threads` when given; else one thread for a single sample on the CPU, because one stream's
+    steps are matrix-vector products too small to split across threads and the split costs a
+    synchronisation per call, ruinous on a busy CPU (docs/benchmarks.md); else torch's own.
+    """
+    check_threads(threads)
+    before = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    elif options.num_samples == 1 and next(model.parameters()).device.type == "cpu":
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -16,7 +16,7 @@ from charlm.config import ModelConfig
 from charlm.errors import CharlmError
 from charlm.evaluate import evaluate_ids
 from charlm.model import CharLM
-from charlm.sample import beam_search, generate, sample_batch
+from charlm.sample import SampleOptions, beam_search, generate, sample_batch
 from charlm.stepper import AUTO_MIN_SPEEDUP, choose_precision, pick_precision
 from charlm.vocab import Vocab
 
@@ -88,14 +88,22 @@ def test_auto_samples_exactly_as_the_precision_it_picks(
         return pick, {"fp32": 1.0, pick: 0.5}
 
     monkeypatch.setattr(stepper_module, "choose_precision", fixed)
-    auto = sample_batch(model, VOCAB, "ab", 40, seed=5, num_samples=3, precision="auto")
-    named = sample_batch(model, VOCAB, "ab", 40, seed=5, num_samples=3, precision=pick)
+    auto = sample_batch(
+        model, VOCAB, "ab", SampleOptions(length=40, seed=5, num_samples=3, precision="auto")
+    )
+    named = sample_batch(
+        model, VOCAB, "ab", SampleOptions(length=40, seed=5, num_samples=3, precision=pick)
+    )
     assert [s.text for s in auto] == [s.text for s in named]
     assert [s.logprob for s in auto] == [s.logprob for s in named]
-    one = "".join(generate(model, VOCAB, "ab", 40, seed=5, precision="auto"))
-    assert one == "".join(generate(model, VOCAB, "ab", 40, seed=5, precision=pick))
-    beams = beam_search(model, VOCAB, "ab", 20, beam=4, precision="auto")
-    assert beams == beam_search(model, VOCAB, "ab", 20, beam=4, precision=pick)
+    one = "".join(generate(model, VOCAB, "ab", SampleOptions(length=40, seed=5, precision="auto")))
+    assert one == "".join(
+        generate(model, VOCAB, "ab", SampleOptions(length=40, seed=5, precision=pick))
+    )
+    beams = beam_search(model, VOCAB, "ab", SampleOptions(length=20, beam=4, precision="auto"))
+    assert beams == beam_search(
+        model, VOCAB, "ab", SampleOptions(length=20, beam=4, precision=pick)
+    )
     assert batches == [3, 1, 4]  # timed at the batch each decoder steps
 
 

@@ -14,7 +14,7 @@ from charlm.checkpoint import find_checkpoint, load_checkpoint, load_model
 from charlm.errors import CharlmError
 from charlm.evaluate import evaluate_ids, evaluate_run
 from charlm.model import CharLM
-from charlm.sample import filter_logits, generate, generate_batch
+from charlm.sample import SampleOptions, filter_logits, generate, generate_batch
 from charlm.train import Trainer, prepare_data
 
 
@@ -58,11 +58,15 @@ def test_unusable_checkpoint_is_a_clear_error(tmp_path: Path, content: bytes, wo
 
 def test_same_seed_same_text_and_greedy_is_argmax(trained_run: Path) -> None:
     loaded = load_model(trained_run, "cpu")
-    a = "".join(generate(loaded.model, loaded.vocab, "The ", 80, seed=3))
-    b = "".join(generate(loaded.model, loaded.vocab, "The ", 80, seed=3))
-    c = "".join(generate(loaded.model, loaded.vocab, "The ", 80, seed=4))
+    a = "".join(generate(loaded.model, loaded.vocab, "The ", SampleOptions(length=80, seed=3)))
+    b = "".join(generate(loaded.model, loaded.vocab, "The ", SampleOptions(length=80, seed=3)))
+    c = "".join(generate(loaded.model, loaded.vocab, "The ", SampleOptions(length=80, seed=4)))
     assert a == b and len(a) == 80 and a != c
-    greedy = "".join(generate(loaded.model, loaded.vocab, "The ", 30, temperature=0.0, seed=1))
+    greedy = "".join(
+        generate(
+            loaded.model, loaded.vocab, "The ", SampleOptions(length=30, temperature=0.0, seed=1)
+        )
+    )
     # Recompute greedy decoding by re-running the whole prefix each time.
     text = "The "
     with torch.no_grad():
@@ -75,8 +79,16 @@ def test_same_seed_same_text_and_greedy_is_argmax(trained_run: Path) -> None:
 
 def test_batched_samples_are_reproducible(trained_run: Path) -> None:
     loaded = load_model(trained_run, "cpu")
-    first = list(generate_batch(loaded.model, loaded.vocab, "A", 40, seed=9, num_samples=3))
-    second = list(generate_batch(loaded.model, loaded.vocab, "A", 40, seed=9, num_samples=3))
+    first = list(
+        generate_batch(
+            loaded.model, loaded.vocab, "A", SampleOptions(length=40, seed=9, num_samples=3)
+        )
+    )
+    second = list(
+        generate_batch(
+            loaded.model, loaded.vocab, "A", SampleOptions(length=40, seed=9, num_samples=3)
+        )
+    )
     assert first == second and len(first) == 40 and len(first[0]) == 3
 
 

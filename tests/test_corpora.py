@@ -291,6 +291,20 @@ def test_data_prepare_prints_statistics(tmp_path: Path) -> None:
     assert again.exit_code == 0 and "reused" in again.stdout and "600" in again.stdout
 
 
+def test_corpus_statistics_rank_symbols_and_cut_splits(tmp_path: Path) -> None:
+    path = tmp_path / "c.txt"
+    path.write_text("".join(chr(ord("a") + i) * (i + 1) for i in range(12)), encoding="utf-8")
+    data = DataConfig(corpus=str(path), val_fraction=0.1, test_fraction=0.05)
+    prepared = cache.prepare_corpus(data)
+    report = cache.corpus_statistics(prepared, data)
+    assert report["chars"] == 78 and report["vocab_size"] == 12 and report["files"] == 1
+    assert report["most_frequent"] == [[chr(ord("a") + i), i + 1] for i in range(11, 1, -1)]
+    assert report["least_frequent"] == [[chr(ord("a") + i), i + 1] for i in range(10)]
+    assert report["splits"] == {"train": 66, "val": 8, "test": 4}
+    assert report["sha256"] == prepared.sha256 and report["cache_status"] == "built"
+    assert json.loads(json.dumps(report)) == report  # JSON-ready as it stands
+
+
 def test_data_prepare_mistake_is_one_line(tmp_path: Path) -> None:
     result = runner.invoke(app, ["data", "prepare", str(tmp_path / "missing.txt")])
     assert result.exit_code == 1

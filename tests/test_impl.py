@@ -20,7 +20,7 @@ from charlm.errors import CharlmError
 from charlm.evaluate import evaluate_run
 from charlm.model import CharLM
 from charlm.runs import read_metrics
-from charlm.sample import generate
+from charlm.sample import SampleOptions, generate
 from charlm.train import TrainingInterrupted, resume, train
 
 
@@ -66,10 +66,15 @@ def test_trained_checkpoint_scores_the_same_on_either_impl(
     assert reference.loss == pytest.approx(fused.loss, rel=1e-5)
     assert type(load_model(run, "cpu", impl="reference").model.rnn).__name__.startswith("Reference")
     a = "".join(
-        generate(load_model(run, "cpu").model, load_model(run, "cpu").vocab, "T", 40, seed=1)
+        generate(
+            load_model(run, "cpu").model,
+            load_model(run, "cpu").vocab,
+            "T",
+            SampleOptions(length=40, seed=1),
+        )
     )
     ref = load_model(run, "cpu", impl="reference")
-    b = "".join(generate(ref.model, ref.vocab, "T", 40, seed=1))
+    b = "".join(generate(ref.model, ref.vocab, "T", SampleOptions(length=40, seed=1)))
     assert a == b
 
 
@@ -118,7 +123,9 @@ def test_sampling_runs_the_reference_cells_themselves(tmp_path: Path, corpus_fil
     train(tiny_config(corpus_file, **{**extra, "train.max_steps": 10}), run)
     loaded = load_model(run, "cpu")
     assert isinstance(make_stepper(loaded.model), ModelStepper)
-    greedy = "".join(generate(loaded.model, loaded.vocab, "The", 25, temperature=0.0))
+    greedy = "".join(
+        generate(loaded.model, loaded.vocab, "The", SampleOptions(length=25, temperature=0.0))
+    )
     text = "The"
     with torch.no_grad():
         for _ in range(25):

@@ -18,7 +18,7 @@ from charlm.cpu.packed import Int8Weight
 from charlm.errors import CharlmError
 from charlm.evaluate import evaluate_ids, evaluate_run
 from charlm.model import CharLM
-from charlm.sample import beam_search, generate
+from charlm.sample import SampleOptions, beam_search, generate
 from charlm.stepper import GRUStepper, LSTMStepper, make_stepper
 from charlm.vocab import Vocab
 
@@ -92,7 +92,7 @@ def test_int8_without_the_fast_path_or_the_kernels_is_a_clear_error(
         CharlmError,
         match=r"^--precision int8: no int8 kernels in this build; use --precision fp32$",
     ):
-        list(generate(model, VOCAB, "a", 5, precision="int8"))
+        list(generate(model, VOCAB, "a", SampleOptions(length=5, precision="int8")))
 
 
 def test_cli_sample_and_eval_in_int8(trained_run: Path) -> None:
@@ -118,9 +118,13 @@ def test_cli_sample_and_eval_in_int8(trained_run: Path) -> None:
 def test_int8_beam_of_one_is_int8_greedy() -> None:
     # Beam search reorders the int8 steppers' states; with one beam it must follow greedy.
     model = model_with_weights("lstm", seed=3)
-    (best,) = beam_search(model, VOCAB, "ab", 30, beam=1, precision="int8")
-    greedy = "".join(generate(model, VOCAB, "ab", 30, temperature=0, precision="int8"))
+    (best,) = beam_search(model, VOCAB, "ab", SampleOptions(length=30, beam=1, precision="int8"))
+    greedy = "".join(
+        generate(model, VOCAB, "ab", SampleOptions(length=30, temperature=0, precision="int8"))
+    )
     assert best.text == greedy
-    wide = beam_search(model, VOCAB, "ab", 30, beam=4, num_samples=4, precision="int8")
+    wide = beam_search(
+        model, VOCAB, "ab", SampleOptions(length=30, beam=4, num_samples=4, precision="int8")
+    )
     assert wide[0].logprob >= best.logprob - 1e-6  # here the wider beam finds no worse a text
     assert len({s.text for s in wide}) == 4

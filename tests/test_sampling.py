@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import re
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -18,17 +19,22 @@ from hypothesis import strategies as st
 from torch import nn
 from typer.testing import CliRunner
 
-from charlm.cli import app, prompt_loop
+from charlm.cli import app
+from charlm.cli.sample import prompt_loop
 from charlm.config import ModelConfig
 from charlm.errors import CharlmError
 from charlm.model import CharLM
 from charlm.sample import (
+    SampleOptions,
     beam_search,
+    decode,
     filter_logits,
     generate,
     generate_batch,
     parse_stops,
+    resolve_precision,
     sample_batch,
+    sampling_threads,
 )
 from charlm.stepper import (
     TANH_BY_SIGMOID,
@@ -93,7 +99,14 @@ def test_top_k_top_p_samples_stay_in_the_kept_set(top_k: int | None, top_p: floa
     if top_k is not None:
         kept &= set(range(top_k))
     model = fixed_model([-1e9, *logits])
-    text = "".join(generate(model, VOCAB, "", 3000, temperature, top_k, top_p, seed=1))
+    text = "".join(
+        generate(
+            model,
+            VOCAB,
+            "",
+            SampleOptions(length=3000, temperature=temperature, top_k=top_k, top_p=top_p, seed=1),
+        )
+    )
     emitted = {VOCAB.chars.index(c) - 1 for c in text}
     assert emitted == kept
     assert len(kept) < len(logits)
@@ -126,7 +139,7 @@ def test_gumbel_draws_follow_the_softmax() -> None:
     logits = [0.0, 1.0, 0.2, -0.5, 0.7, -1.0, 0.3, 0.0]
     model = fixed_model(logits)
     n = 6000
-    text = "".join(generate(model, VOCAB, "", n, temperature=0.8, seed=7))
+    text = "".join(generate(model, VOCAB, "", SampleOptions(length=n, temperature=0.8, seed=7)))
     probs = torch.softmax(torch.tensor(logits) / 0.8, -1).tolist()
     for i, p in enumerate(probs):
         freq = text.count(VOCAB.chars[i]) / n
@@ -143,12 +156,12 @@ def test_beam_finds_the_best_sequence_greedy_misses() -> None:
     table[2:, :] = -20.0
     table[2:, 3] = 0.0
     model = TableModel(table)
-    greedy = "".join(generate(model, VOCAB, "", 2, temperature=0))
+    greedy = "".join(generate(model, VOCAB, "", SampleOptions(length=2, temperature=0)))
     assert greedy[0] == "a"
-    (best,) = beam_search(model, VOCAB, "", 2, beam=2)
+    (best,) = beam_search(model, VOCAB, "", SampleOptions(length=2, beam=2))
     assert best.text == "bc"
     assert best.logprob == pytest.approx(math.log(0.4) + math.log(0.99999), abs=1e-4)
-    two = beam_search(model, VOCAB, "", 2, beam=2, num_samples=2)
+    two = beam_search(model, VOCAB, "", SampleOptions(length=2, beam=2, num_samples=2))
     assert two[0].text == "bc" and two[1].text.startswith("a")
     assert two[0].logprob > two[1].logprob
 
@@ -156,10 +169,10 @@ def test_beam_finds_the_best_sequence_greedy_misses() -> None:
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_beam_of_one_is_greedy(cell: str) -> None:
     model = random_model(cell)
-    greedy = "".join(generate(model, VOCAB, "ab", 60, temperature=0))
-    (one,) = beam_search(model, VOCAB, "ab", 60, beam=1)
+    greedy = "".join(generate(model, VOCAB, "ab", SampleOptions(length=60, temperature=0)))
+    (one,) = beam_search(model, VOCAB, "ab", SampleOptions(length=60, beam=1))
     assert one.text == greedy
-    wide = beam_search(model, VOCAB, "ab", 60, beam=4)[0]
+    wide = beam_search(model, VOCAB, "ab", SampleOptions(length=60, beam=4))[0]
     # A wider beam never does worse here; the slack is float32's: a product over 4 rows and
     # one over 1 row may round differently.
     assert wide.logprob >= one.logprob - 1e-5
@@ -167,7 +180,9 @@ def test_beam_of_one_is_greedy(cell: str) -> None:
 
 def test_beam_with_stop_ranks_by_log_likelihood_per_character() -> None:
     model = random_model("lstm", seed=3)
-    found = beam_search(model, VOCAB, "a", 40, beam=4, num_samples=4, stop=["c"])
+    found = beam_search(
+        model, VOCAB, "a", SampleOptions(length=40, beam=4, num_samples=4, stops=["c"])
+    )
     scores = [s.logprob / s.chars for s in found]
     assert scores == sorted(scores, reverse=True)
     for s in found:
@@ -177,9 +192,9 @@ def test_beam_with_stop_ranks_by_log_likelihood_per_character() -> None:
 def test_beam_rejects_sampling_options() -> None:
     model = random_model("lstm")
     with pytest.raises(CharlmError, match="--num-samples 3 with --beam 2"):
-        beam_search(model, VOCAB, "", 5, beam=2, num_samples=3)
+        beam_search(model, VOCAB, "", SampleOptions(length=5, beam=2, num_samples=3))
     with pytest.raises(CharlmError, match="--beam 0"):
-        beam_search(model, VOCAB, "", 5, beam=0)
+        beam_search(model, VOCAB, "", SampleOptions(length=5, beam=0))
 
 
 # ------------------------------------------------------------------------------ stop strings
@@ -192,22 +207,30 @@ def test_parse_stops_understands_escapes() -> None:
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_stop_strings_cut_exactly_after_the_first_match(seed: int) -> None:
     model = random_model("gru", seed=seed)
-    full = "".join(generate(model, VOCAB, "a", 300, seed=seed))
+    full = "".join(generate(model, VOCAB, "a", SampleOptions(length=300, seed=seed)))
     stops = ["ab", "\n", "gg"]
     cut = min((full.find(s) + len(s) for s in stops if s in full), default=len(full))
-    stopped = "".join(generate(model, VOCAB, "a", 300, seed=seed, stop=stops))
+    stopped = "".join(
+        generate(model, VOCAB, "a", SampleOptions(length=300, seed=seed, stops=stops))
+    )
     assert stopped == full[:cut]
-    never = "".join(generate(model, VOCAB, "a", 300, seed=seed, stop=["zz"]))
+    never = "".join(generate(model, VOCAB, "a", SampleOptions(length=300, seed=seed, stops=["zz"])))
     assert never == full  # a stop that never appears: exactly --length characters
 
 
 def test_stops_end_each_batched_sample_on_its_own() -> None:
     model = random_model("lstm", seed=4)
-    samples = sample_batch(model, VOCAB, "b", 200, seed=11, num_samples=5, stop=["e"])
+    samples = sample_batch(
+        model, VOCAB, "b", SampleOptions(length=200, seed=11, num_samples=5, stops=["e"])
+    )
     for s in samples:
         assert (s.stop == "e") == s.text.endswith("e")
         assert "e" not in s.text[:-1]
-    rows = list(generate_batch(model, VOCAB, "b", 200, seed=11, num_samples=5, stop=["e"]))
+    rows = list(
+        generate_batch(
+            model, VOCAB, "b", SampleOptions(length=200, seed=11, num_samples=5, stops=["e"])
+        )
+    )
     assert ["".join(col) for col in zip(*rows, strict=True)] == [s.text for s in samples]
 
 
@@ -215,9 +238,16 @@ def test_stops_end_each_batched_sample_on_its_own() -> None:
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_batched_samples_equal_single_samples_seeded_seed_plus_i(cell: str) -> None:
     model = random_model(cell)
-    batch = sample_batch(model, VOCAB, "ca", 120, 0.9, top_k=6, seed=40, num_samples=4)
+    batch = sample_batch(
+        model,
+        VOCAB,
+        "ca",
+        SampleOptions(length=120, temperature=0.9, top_k=6, seed=40, num_samples=4),
+    )
     for i, s in enumerate(batch):
-        (alone,) = sample_batch(model, VOCAB, "ca", 120, 0.9, top_k=6, seed=40 + i)
+        (alone,) = sample_batch(
+            model, VOCAB, "ca", SampleOptions(length=120, temperature=0.9, top_k=6, seed=40 + i)
+        )
         assert s.text == alone.text
         assert s.logprob == pytest.approx(alone.logprob, rel=1e-5)
     assert len({s.text for s in batch}) == 4
@@ -226,7 +256,9 @@ def test_batched_samples_equal_single_samples_seeded_seed_plus_i(cell: str) -> N
 @pytest.mark.parametrize(("temperature", "top_p"), [(1.0, None), (0.5, 0.9), (0.0, None)])
 def test_logprob_is_the_unmodified_model_likelihood(temperature: float, top_p: float) -> None:
     model = random_model("lstm", seed=5)
-    (s,) = sample_batch(model, VOCAB, "fa", 50, temperature, top_p=top_p, seed=2)
+    (s,) = sample_batch(
+        model, VOCAB, "fa", SampleOptions(length=50, temperature=temperature, top_p=top_p, seed=2)
+    )
     ids = torch.from_numpy(VOCAB.encode("fa" + s.text).astype("int64"))[None]
     with torch.no_grad():
         logp = torch.log_softmax(model(ids)[0][0, 1:-1].double(), -1)
@@ -315,20 +347,26 @@ def test_bf16_steps_stay_close_to_the_fp32_model(cell: str, fast: bool) -> None:
 @pytest.mark.parametrize(("precision", "cell"), [("bf16", "lstm"), ("int8", "gru")])
 def test_low_precision_sampling_is_reproducible(precision: str, cell: str) -> None:
     model = random_model(cell, seed=6)
-    one = sample_batch(model, VOCAB, "ab", 40, seed=3, num_samples=3, precision=precision)
-    two = sample_batch(model, VOCAB, "ab", 40, seed=3, num_samples=3, precision=precision)
+    one = sample_batch(
+        model, VOCAB, "ab", SampleOptions(length=40, seed=3, num_samples=3, precision=precision)
+    )
+    two = sample_batch(
+        model, VOCAB, "ab", SampleOptions(length=40, seed=3, num_samples=3, precision=precision)
+    )
     assert [s.text for s in one] == [s.text for s in two]
     assert all(len(s.text) == 40 for s in one)
-    single = "".join(generate(model, VOCAB, "ab", 40, seed=4, precision=precision))
+    single = "".join(
+        generate(model, VOCAB, "ab", SampleOptions(length=40, seed=4, precision=precision))
+    )
     assert single == one[1].text  # sample i of a batch is seed + i alone, in any precision
 
 
 def test_bad_precisions_are_refused() -> None:
     model = random_model("lstm", seed=6)
     with pytest.raises(CharlmError, match=r"--precision 'fp16': expected one of fp32, bf16"):
-        list(generate(model, VOCAB, "a", 5, precision="fp16"))
+        list(generate(model, VOCAB, "a", SampleOptions(length=5, precision="fp16")))
     with pytest.raises(CharlmError, match=r"--precision .int4."):
-        beam_search(model, VOCAB, "a", 5, precision="int4")
+        beam_search(model, VOCAB, "a", SampleOptions(length=5, precision="int4"))
 
 
 def test_a_model_that_cannot_run_in_bf16_is_a_clear_error() -> None:
@@ -354,10 +392,109 @@ def test_unknown_layouts_fall_back_to_calling_the_model() -> None:
     assert isinstance(make_stepper(fixed_model(CRAFTED)), ModelStepper)
     assert isinstance(make_stepper(random_model("lstm"), fast=False), ModelStepper)
     model = random_model("gru")
-    fast = "".join(generate(model, VOCAB, "g", 80, seed=9))
+    fast = "".join(generate(model, VOCAB, "g", SampleOptions(length=80, seed=9)))
     model.config = replace(model.config, cell="some-new-cell")  # the fast path must not guess
     assert isinstance(make_stepper(model), ModelStepper)
-    assert "".join(generate(model, VOCAB, "g", 80, seed=9)) == fast
+    assert "".join(generate(model, VOCAB, "g", SampleOptions(length=80, seed=9))) == fast
+
+
+# ------------------------------------------------------------- options, decoder, precision, threads
+@pytest.mark.parametrize(
+    ("fields", "words"),
+    [
+        ({"length": 0}, "--length 0"),
+        ({"temperature": -1.0}, "--temperature -1.0"),
+        ({"top_k": 0}, "--top-k 0"),
+        ({"top_p": 0.0}, "--top-p 0.0"),
+        ({"num_samples": 0}, "--num-samples 0"),
+        ({"stops": ["a", ""]}, "--stop ''"),
+        ({"precision": "fp16"}, "--precision 'fp16'"),
+        ({"beam": 2, "temperature": 0.5, "top_p": 0.9}, "drop --temperature, --top-p"),
+        ({"beam": 0}, "--beam 0"),
+    ],
+)
+def test_sample_options_refuse_what_no_decoder_accepts(fields: dict[str, Any], words: str) -> None:
+    with pytest.raises(CharlmError, match=re.escape(words)):
+        SampleOptions(**fields)
+
+
+def test_sample_options_are_one_frozen_value() -> None:
+    options = SampleOptions(length=5, stops=["\n"], num_samples=3)
+    assert options.stops == ("\n",) and hash(options) == hash(SampleOptions(**vars(options)))
+    assert options.batch == 3 and SampleOptions(beam=4, num_samples=2).batch == 4
+    with pytest.raises(AttributeError):
+        options.length = 6  # type: ignore[misc]
+    with pytest.raises(CharlmError, match="--length 0"):
+        replace(options, length=0)  # a changed copy is checked again
+
+
+def test_decode_runs_the_decoder_the_options_call_for() -> None:
+    model = random_model("lstm", seed=2)
+    beam = SampleOptions(length=12, beam=3, num_samples=2)
+    assert decode(model, VOCAB, "ab", beam) == beam_search(model, VOCAB, "ab", beam)
+    sampled = SampleOptions(length=12, seed=4, num_samples=2)
+    scored = decode(model, VOCAB, "ab", sampled, scored=True)
+    assert scored == sample_batch(model, VOCAB, "ab", sampled)
+    rows = decode(model, VOCAB, "ab", sampled)
+    assert not isinstance(rows, list)  # rows come as they are decoded
+    assert ["".join(c) for c in zip(*rows, strict=True)] == [s.text for s in scored]
+    with pytest.raises(CharlmError, match="--prime"):
+        decode(model, VOCAB, "ab\u2603", sampled)  # a bad prime is refused before any step
+
+
+def test_each_decoder_takes_only_its_own_options() -> None:
+    model = random_model("gru")
+    with pytest.raises(ValueError, match=r"options\.beam"):
+        beam_search(model, VOCAB, "a", SampleOptions(length=3))
+    with pytest.raises(ValueError, match="beam_search"):
+        sample_batch(model, VOCAB, "a", SampleOptions(length=3, beam=2))
+    with pytest.raises(ValueError, match="generate_batch"):
+        list(generate(model, VOCAB, "a", SampleOptions(length=3, num_samples=2)))
+
+
+def test_resolve_precision_times_auto_once_at_the_decoders_batch(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import charlm.sample as sample_module
+
+    model = random_model("lstm")
+    batches: list[int] = []
+
+    def fixed(model: object, batch: int = 1) -> tuple[str, dict[str, float]]:
+        batches.append(batch)
+        return "int8", {"fp32": 1.0, "int8": 0.5}
+
+    monkeypatch.setattr(sample_module, "choose_precision", fixed)
+    named = SampleOptions(precision="bf16", num_samples=2)
+    assert resolve_precision(model, named) == (named, {})
+    options, timings = resolve_precision(model, SampleOptions(precision="auto", num_samples=3))
+    assert options == SampleOptions(precision="int8", num_samples=3) and timings["int8"] == 0.5
+    resolve_precision(model, SampleOptions(precision="auto", beam=5))
+    assert batches == [3, 5]
+
+
+@pytest.mark.parametrize(
+    ("fields", "threads", "inside"),
+    [({}, None, 1), ({"beam": 2}, None, 1), ({"num_samples": 2}, None, 3), ({}, 2, 2)],
+)
+def test_sampling_threads_policy_is_put_back(
+    fields: dict[str, Any], threads: int | None, inside: int
+) -> None:
+    # One thread for a single sample on the CPU, torch's own for several, `threads` over both.
+    model = random_model("lstm")
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        with sampling_threads(model, SampleOptions(**fields), threads):
+            assert torch.get_num_threads() == inside
+        assert torch.get_num_threads() == 3
+        with (
+            pytest.raises(CharlmError, match="--threads 0"),
+            sampling_threads(model, SampleOptions(), 0),
+        ):
+            pass
+    finally:
+        torch.set_num_threads(before)
 
 
 # ----------------------------------------------------------------------------------- the CLI
@@ -440,7 +577,10 @@ def test_cli_interactive_reads_primes_until_end_of_input(trained_run: Path) -> N
     lines = result.stdout.split("\n")
     assert len(lines) >= 4 and lines[-1] == ""  # every answer ends with a newline
     answers = (
-        ["".join(generate(load.model, load.vocab, p, 25, seed=5)) for p in ("The ", "A ", "The ")]
+        [
+            "".join(generate(load.model, load.vocab, p, SampleOptions(length=25, seed=5)))
+            for p in ("The ", "A ", "The ")
+        ]
         if (load := _load(trained_run))
         else []
     )

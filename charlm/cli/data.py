@@ -1,0 +1,61 @@
+"""`charlm data prepare` and `charlm data fetch`: corpora made ready for training."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from charlm.cli.app import friendly, split_train_args
+from charlm.cli.views import corpus_table, err
+
+data_app = typer.Typer(
+    no_args_is_help=True,
+    help="Prepare corpora: encode them into the id cache training reads, fetch classic ones.",
+)
+
+
+@data_app.command("prepare")
+@friendly
+def data_prepare(
+    args: list[str] = typer.Argument(
+        None,
+        metavar="[CORPUS] [KEY=VALUE]...",
+        help="A file, folder or glob (default: data.corpus, else the built-in corpus), then "
+        "dotted overrides such as data.min_char_count=5.",
+        show_default=False,
+    ),
+    config: Path | None = typer.Option(None, "--config", "-c", help="A YAML config to start from."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object to stdout."),
+) -> None:
+    """Encode a corpus into its id cache (or check the cache is current) and show statistics."""
+    from charlm.cache import corpus_statistics, prepare_corpus
+    from charlm.config import load_config
+
+    corpus, overrides = split_train_args(args or [])
+    if corpus is not None:
+        overrides = [f"data.corpus={corpus}", *overrides]
+    data = load_config(config, overrides).data
+    report = corpus_statistics(prepare_corpus(data), data)
+    if as_json:
+        typer.echo(json.dumps(report))
+        return
+    Console(highlight=False).print(corpus_table(report))
+
+
+@data_app.command("fetch")
+@friendly
+def data_fetch(
+    name: str = typer.Argument(..., help="The corpus: tinyshakespeare."),
+    url: str | None = typer.Option(None, "--url", help="Download from here instead."),
+    dest: Path = typer.Option(Path("data"), "--dest", help="Folder to save it in."),
+    timeout: float = typer.Option(30.0, "--timeout", help="Network timeout in seconds."),
+) -> None:
+    """Download a classic corpus, verified by length and SHA-256 (a mismatch saves nothing)."""
+    from charlm.fetch import fetch
+
+    path, downloaded = fetch(name, dest, url, timeout)
+    what = "downloaded and verified" if downloaded else "already present and verified"
+    err.print(f"{path}: {what}", markup=False, soft_wrap=True)

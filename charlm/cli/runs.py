@@ -1,0 +1,79 @@
+"""`charlm runs`, `charlm compare` and `charlm info`: what is in run folders."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from charlm.cli.app import friendly
+from charlm.cli.views import comparison_table, err, print_info, runs_table, table_console
+from charlm.errors import CharlmError
+
+
+@friendly
+def runs(
+    folder: Path = typer.Argument(Path("runs"), help="A folder of runs (searched recursively)."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON list to stdout."),
+) -> None:
+    """A table of the runs under a folder: cell, size, steps, time, best val bpc, status."""
+    from charlm.runs import find_runs
+
+    found = find_runs(folder)
+    if as_json:
+        typer.echo(json.dumps([run.to_dict() for run in found], indent=2))
+        return
+    if not found:
+        err.print(f"no runs under {folder}", markup=False)
+        return
+    table_console().print(runs_table(folder, found))
+
+
+@friendly
+def compare(
+    run_args: list[str] = typer.Argument(
+        ...,
+        metavar="RUN...",
+        help="Run folders, or folders of runs (a sweep's --out folder).",
+        show_default=False,
+    ),
+    plot: Path | None = typer.Option(
+        None, "--plot", help="Also draw val bpc against step and time into this PNG."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object to stdout."),
+) -> None:
+    """The config keys that differ between runs, and their results side by side."""
+    from charlm.runs import collect_runs, compare_runs
+
+    if plot is not None and plot.suffix.lower() != ".png":
+        raise CharlmError(f"--plot {plot}: expected a file name ending in .png")
+    comparison = compare_runs(collect_runs([Path(a) for a in run_args]))
+    if plot is not None:
+        from charlm.plots import plot_comparison
+
+        plot_comparison(comparison.runs, plot)
+    if as_json:
+        typer.echo(json.dumps(comparison.to_dict(), indent=2))
+    else:
+        table_console().print(comparison_table(comparison, "charlm compare"))
+    if plot is not None:
+        err.print(f"plot: {plot}", markup=False)
+
+
+@friendly
+def info(
+    target: Path = typer.Argument(..., metavar="RUN|CHECKPOINT", help="A run folder or a file."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object to stdout."),
+) -> None:
+    """Step, time trained, sizes, scores and config of a run, and whether each checkpoint is
+    intact (exit code 1 when none is)."""
+    from charlm.info import describe
+
+    report = describe(target)
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+    else:
+        print_info(report)
+    if report["summary"] is None:
+        raise typer.Exit(1)

@@ -1,0 +1,273 @@
+"""`charlm sample` and `charlm eval`: text from a trained model, and its scores."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import typer
+from rich.console import Console
+
+from charlm.cli.app import friendly
+from charlm.cli.views import err, eval_files_table, eval_table
+from charlm.errors import CharlmError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from charlm.checkpoint import Loaded
+    from charlm.sample import SampleOptions
+
+UNKNOWN_HELP = (
+    "Characters of the {what} outside the model's vocabulary: error (name them and stop), skip "
+    "(drop them) or replace (use the unknown symbol of a model trained with "
+    "data.min_char_count > 1)."
+)
+IMPL_HELP = (
+    "Run the weights on `fused` (nn.LSTM/nn.GRU) or `reference` (charlm/cells.py) "
+    "cells; default: the one the model was trained with."
+)
+RUN_HELP = "A run folder (best checkpoint, else last) or a checkpoint."
+PRECISION_HELP = (
+    "fp32; bf16: matrix products in bfloat16 (probabilities move by about 1%); int8: "
+    "weights in 8 bits, CPU only; auto: times a few steps in each and takes the fastest, if "
+    "1.1x fp32's speed or more (named on stderr). Any but fp32 can change a seed's text; "
+    "`charlm eval RUN --precision P` shows what one costs your model."
+)
+THREADS_HELP = (
+    "CPU threads for the steps. Default: 1 for a single sample (fastest on a busy "
+    "machine), all cores for batches; 2 or more can speed up a wide model's single "
+    "sample when cores are idle."
+)
+
+
+@friendly
+def sample(
+    run: Path = typer.Argument(..., help=RUN_HELP),
+    length: int = typer.Option(
+        500, "--length", "-n", help="New characters per sample (the most, with --stop)."
+    ),
+    temperature: float | None = typer.Option(
+        None,
+        "--temperature",
+        "-t",
+        help="Softmax temperature (default 1); 0 is greedy (argmax).",
+        show_default=False,
+    ),
+    top_k: int | None = typer.Option(None, "--top-k", help="Sample only from the k likeliest."),
+    top_p: float | None = typer.Option(
+        None, "--top-p", help="Sample only from the smallest set with this much probability."
+    ),
+    prime: str = typer.Option("", "--prime", "-p", help="Text to start from (printed first)."),
+    seed: int | None = typer.Option(
+        None, "--seed", "-s", help="Seed: the same seed, the same text."
+    ),
+    num_samples: int = typer.Option(
+        1, "--num-samples", help="How many samples, drawn in one batch (with --beam: the best N)."
+    ),
+    stop: list[str] | None = typer.Option(
+        None,
+        "--stop",
+        help="Stop a sample once it produces this text (printed); repeatable; \\n, \\t known.",
+        show_default=False,
+    ),
+    beam: int | None = typer.Option(
+        None, "--beam", help="Beam search of this width for the likeliest text (no sampling)."
+    ),
+    as_json: bool = typer.Option(
+        False, "--json", help="One JSON object per sample (text, chars, log-likelihood)."
+    ),
+    interactive: bool = typer.Option(
+        False, "--interactive", "-i", help="Read primes line by line from stdin; Ctrl-D ends."
+    ),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    unknown: str = typer.Option("error", "--unknown", help=UNKNOWN_HELP.format(what="prime")),
+    impl: str | None = typer.Option(None, "--impl", help=IMPL_HELP),
+    precision: str = typer.Option("fp32", "--precision", help=PRECISION_HELP),
+    threads: int | None = typer.Option(None, "--threads", help=THREADS_HELP, show_default=False),
+) -> None:
+    """Print the prime followed by exactly --length new characters to stdout, as they come."""
+    from charlm.checkpoint import load_model
+    from charlm.sample import SampleOptions, check_threads, parse_stops, sampling_threads
+    from charlm.vocab import check_unknown_policy
+
+    options = SampleOptions(
+        length=length,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        seed=seed,
+        num_samples=num_samples,
+        stops=parse_stops(stop or []),
+        unknown=unknown,
+        precision=precision,
+        beam=beam,
+    )
+    check_threads(threads)
+    check_unknown_policy(unknown)
+    if interactive and prime:
+        raise CharlmError("--prime with --interactive: each line typed is the prime; drop --prime")
+    loaded = load_model(run, device, impl)
+    with sampling_threads(loaded.model, options, threads):
+        options = resolved_precision(loaded.model, options)  # timed on the threads just set
+        write = functools.partial(write_samples, loaded, options, as_json)
+        if interactive:
+            prompt_loop(write)
+        else:
+            write(prime, echo_prime=True)
+
+
+def resolved_precision(model: nn.Module, options: SampleOptions) -> SampleOptions:
+    """`--precision auto` made concrete, its pick and timings said on stderr."""
+    from charlm.sample import resolve_precision
+
+    resolved, timings = resolve_precision(model, options)
+    if timings:
+        times = ", ".join(f"{seconds * 1e6:,.0f} us in {name}" for name, seconds in timings.items())
+        line = f"precision: {resolved.precision} (auto: a step of {options.batch} took {times})"
+        err.print(line, markup=False, soft_wrap=True)
+    return resolved
+
+
+def write_samples(
+    loaded: Loaded, options: SampleOptions, as_json: bool, prime: str, echo_prime: bool
+) -> None:
+    """Write the samples for one prime to stdout, streaming when there is a single sample."""
+    from charlm.sample import decode
+
+    out = sys.stdout
+    shown = prime if echo_prime else ""
+    found = decode(loaded.model, loaded.vocab, prime, options, scored=as_json)
+    if isinstance(found, list):  # finished samples: a beam's, or scored ones for --json
+        if as_json:
+            for i, one in enumerate(found):
+                out.write(json.dumps({"sample": i + 1, **one.to_dict()}) + "\n")
+        else:
+            write_texts(out, [shown + one.text for one in found])
+    elif options.num_samples == 1:
+        out.write(shown)
+        out.flush()
+        for (char,) in found:
+            out.write(char)
+            out.flush()
+        return
+    else:
+        write_texts(out, [shown + "".join(parts) for parts in zip(*found, strict=True)])
+    out.flush()
+
+
+def write_texts(out: Any, texts: list[str]) -> None:
+    """Several samples in turn, each after a separator line naming it."""
+    for i, text in enumerate(texts):
+        if i:
+            out.write(f"\n----- sample {i + 1} of {len(texts)} -----\n")
+        out.write(text)
+
+
+def prompt_loop(write: Callable[..., None]) -> None:
+    """Each stdin line is a prime; its continuation follows on stdout, then a newline.
+
+    The prime is not echoed (it was just typed). A bad line is reported and the loop goes on;
+    Ctrl-D (end of input) and Ctrl-C end it with exit code 0.
+    """
+    stdin = sys.stdin
+    tty = stdin.isatty()
+    if tty:
+        err.print("Type a prime and press Enter; Ctrl-D or Ctrl-C quits.", markup=False)
+    try:
+        while True:
+            if tty:
+                err.print("> ", end="", markup=False)
+            line = stdin.readline()
+            if not line:
+                break
+            try:
+                write(line.rstrip("\r\n"), echo_prime=False)
+            except CharlmError as e:
+                sys.stdout.flush()
+                err.print(f"error: {e}", markup=False, highlight=False)
+                continue
+            sys.stdout.write("\n")
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+
+
+@friendly
+def eval_command(
+    run: Path = typer.Argument(..., help=RUN_HELP),
+    corpus: Path | None = typer.Option(
+        None, "--corpus", help="Score this text file or folder instead of a split."
+    ),
+    split: str = typer.Option("val", "--split", help="val, test or train (of the run's corpus)."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object to stdout."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    unknown: str = typer.Option("error", "--unknown", help=UNKNOWN_HELP.format(what="--corpus")),
+    impl: str | None = typer.Option(None, "--impl", help=IMPL_HELP),
+    precision: str | None = typer.Option(
+        None,
+        "--precision",
+        help="Score through the sampling steps with their products in fp32, bf16 or int8: "
+        "what `charlm sample --precision` costs the model. Default: the model's own forward.",
+        show_default=False,
+    ),
+) -> None:
+    """Mean loss (nats/char), bits per char and perplexity of a model on a split or a file.
+
+    A folder or glob given to --corpus is scored file by file (state reset between files), with
+    a total row; its JSON is the total's numbers plus a "files" list.
+    """
+    from charlm.evaluate import evaluate_run
+    from charlm.stepper import check_precision
+    from charlm.vocab import check_unknown_policy
+
+    if split not in ("val", "test", "train"):
+        raise CharlmError(f"--split {split!r}: expected val, test or train")
+    if precision is not None:
+        check_precision(precision, auto=False)
+    check_unknown_policy(unknown)
+    if corpus is not None and (corpus.is_dir() or any(ch in str(corpus) for ch in "*?[")):
+        show_files(run, corpus, as_json, device, unknown, impl, precision)
+        return
+    result = evaluate_run(
+        run,
+        corpus=corpus,
+        split=split,
+        device=device,
+        unknown=unknown,
+        impl=impl,
+        precision=precision,
+    )
+    scored = str(corpus) if corpus is not None else f"{split} split"
+    if as_json:
+        typer.echo(json.dumps({"scored": scored, **result.to_dict()}))
+        return
+    Console().print(eval_table(run, scored, result))
+
+
+def show_files(
+    run: Path,
+    corpus: Path,
+    as_json: bool,
+    device: str,
+    unknown: str,
+    impl: str | None,
+    precision: str | None,
+) -> None:
+    """`charlm eval --corpus FOLDER`: one row per file and the total."""
+    from charlm.evaluate import evaluate_files
+
+    found = evaluate_files(
+        run, corpus, device=device, unknown=unknown, impl=impl, precision=precision
+    )
+    for name in found.skipped:
+        err.print(f"skipped {name}: fewer than 2 characters", markup=False)
+    if as_json:
+        typer.echo(json.dumps({"scored": str(corpus), **found.to_dict()}))
+        return
+    Console().print(eval_files_table(run, corpus, found))

@@ -1,0 +1,190 @@
+"""`charlm train` and `charlm sweep`: training runs, with progress on stderr."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+
+import typer
+
+from charlm.cli.app import fail, friendly, split_train_args
+from charlm.cli.views import (
+    ProgressView,
+    SweepView,
+    comparison_table,
+    err,
+    table_console,
+    train_table,
+)
+from charlm.errors import CharlmError
+
+
+@friendly
+def train(
+    args: list[str] = typer.Argument(
+        None,
+        metavar="[CONFIG] [KEY=VALUE]...",
+        help="A YAML config (built-in defaults without one), then dotted overrides, "
+        "e.g. train.lr=3e-4 model.cell=gru.",
+        show_default=False,
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Run folder (default: runs/<config>-<time>)."
+    ),
+    quiet: bool = typer.Option(
+        False, "--quiet", "-q", help="Plain log lines instead of a progress bar."
+    ),
+    resume: Path | None = typer.Option(
+        None,
+        "--resume",
+        help="Continue this run folder from its newest intact checkpoint, with its recorded "
+        "config (only train.max_steps, train.max_time and train.device may be overridden).",
+    ),
+    nproc: int | None = typer.Option(
+        None,
+        "--nproc",
+        help="Data-parallel training in N processes on this machine (launches torchrun; "
+        "train.batch_size is the global batch). See docs/distributed.md.",
+        show_default=False,
+    ),
+) -> None:
+    """Train a model; the run folder gets config.yaml, metrics.jsonl and checkpoints/.
+
+    Ctrl-C or SIGTERM finishes the current step, saves a checkpoint and prints the command that
+    resumes it (exit code 130 or 143).
+    """
+    from charlm import distributed
+    from charlm.config import load_config
+    from charlm.cpu.memory import keep_freed_memory
+    from charlm.runs import default_run_dir
+    from charlm.train import TrainingInterrupted
+    from charlm.train import resume as resume_training
+    from charlm.train import train as run_training
+
+    config_path, overrides = split_train_args(args or [])
+    _check_resume(resume, config_path, out)
+    if nproc is not None and nproc != 1:
+        raise typer.Exit(_launch(nproc, args or [], config_path, out, resume, quiet))
+    # Under torchrun, the processes other than rank 0 train silently; rank 0 reports.
+    follower = distributed.is_follower()
+    show = ProgressView(plain=quiet or follower or not err.is_terminal)
+    keep_freed_memory()  # the whole process is ours: keep a step's freed buffers for the next
+    try:
+        if resume is not None:
+            with show:
+                result = resume_training(resume, overrides, on_event=show.handle)
+        else:
+            config = load_config(config_path, overrides)
+            run_dir = out if out is not None else default_run_dir(config_path)
+            with show:
+                result = run_training(config, run_dir, on_event=show.handle)
+    except TrainingInterrupted as stop:
+        _finish_report()
+        if not follower:
+            err.print(f"{stop}", markup=False, soft_wrap=True)
+            err.print(f"resume with: {stop.resume_command}", markup=False, soft_wrap=True)
+        raise typer.Exit(stop.exit_code) from None
+    except distributed.PeerFailed:
+        raise typer.Exit(1) from None  # another process printed the error
+    except CharlmError:
+        _finish_report()
+        raise
+    except KeyboardInterrupt:
+        raise fail("interrupted before training started; nothing was saved", 130) from None
+    if not follower:
+        err.print(train_table(result))
+
+
+def _check_resume(resume: Path | None, config_path: str | None, out: Path | None) -> None:
+    if resume is not None and config_path is not None:
+        raise CharlmError(
+            f"--resume {resume}: a resumed run uses the config recorded in it; drop {config_path} "
+            f"(KEY=VALUE overrides of budgets are allowed)"
+        )
+    if resume is not None and out is not None:
+        raise CharlmError(
+            f"--resume {resume}: a resumed run continues in its own folder; drop --out"
+        )
+
+
+def _launch(
+    nproc: int,
+    args: list[str],
+    config_path: str | None,
+    out: Path | None,
+    resume: Path | None,
+    quiet: bool,
+) -> int:
+    """`--nproc N`: run this command in N torchrun processes; their exit code."""
+    from charlm import distributed
+    from charlm.runs import default_run_dir
+
+    if distributed.launched_by_torchrun():
+        raise CharlmError("--nproc: already running under torchrun; drop --nproc")
+    if resume is None and out is None:
+        out = default_run_dir(config_path)  # one folder name for every process
+    forwarded = [*args]
+    forwarded += ["--out", str(out)] if out is not None else []
+    forwarded += ["--resume", str(resume)] if resume is not None else []
+    forwarded += ["--quiet"] if quiet else []
+    return distributed.launch(nproc, forwarded)
+
+
+def _finish_report() -> None:
+    """Under torchrun, let this process print its last lines before it is stopped.
+
+    torchrun sends SIGTERM to the remaining processes as soon as one exits with an error.
+    """
+    import os
+    import signal
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+@friendly
+def sweep(
+    args: list[str] = typer.Argument(
+        ...,
+        metavar="EXPERIMENT [KEY=VALUE]...",
+        help="An experiment YAML (see docs/experiments.md), then dotted overrides applied to "
+        "every run, e.g. train.max_time=60 data.corpus=my.txt.",
+        show_default=False,
+    ),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="Folder for the runs (default: runs/<experiment>)."
+    ),
+    quiet: bool = typer.Option(
+        False, "--quiet", "-q", help="Plain log lines instead of progress bars."
+    ),
+) -> None:
+    """Train every run of an experiment in turn (skipping finished ones), then compare them."""
+    from charlm.cpu.memory import keep_freed_memory
+    from charlm.runs import compare_runs
+    from charlm.sweep import default_sweep_dir, load_experiment, run_sweep
+    from charlm.train import TrainingInterrupted
+
+    path, overrides = split_train_args(args)
+    if path is None:
+        raise CharlmError("expected an EXPERIMENT file before the KEY=VALUE overrides")
+    experiment = load_experiment(path, overrides)
+    folder = out if out is not None else default_sweep_dir(path)
+    names = ", ".join(run.name for run in experiment.runs)
+    err.print(f"sweep {path}: {len(experiment.runs)} runs into {folder}: {names}", markup=False)
+    if experiment.description:
+        err.print(experiment.description, markup=False)
+    view = SweepView(plain=quiet or not err.is_terminal)
+    keep_freed_memory()
+    try:
+        result = run_sweep(experiment, folder, on_event=view.handle)
+    except TrainingInterrupted as stop:
+        view.close()
+        again = shlex.join(["charlm", "sweep", *args, "--out", str(folder)])
+        err.print(f"{stop}", markup=False, soft_wrap=True)
+        err.print(f"continue the sweep with: {again}", markup=False, soft_wrap=True)
+        raise typer.Exit(stop.exit_code) from None
+    finally:
+        view.close()
+    table_console().print(comparison_table(compare_runs(result.runs), f"charlm sweep: {path}"))
+    if result.plot is not None:
+        err.print(f"plot: {result.plot}", markup=False)
