@@ -204,12 +204,14 @@ def evaluate_run(
     unknown: str = "error",
     impl: str | None = None,
     precision: str | None = None,
+    window: int | None = None,
 ) -> EvalResult:
     """Score a run's checkpoint on a split of its own corpus, or on any text file or folder.
 
     `unknown` is the policy for characters of `corpus` outside the vocabulary (see
     `Vocab.encode`); the run's own corpus is encoded as in training. `precision` scores
-    through the sampling steps (see `evaluate_ids`).
+    through the sampling steps (see `evaluate_ids`). With `window`, fresh windows of that many
+    characters are scored instead of carried-state streams (see `evaluate_windows`).
     """
     from dataclasses import replace
 
@@ -228,7 +230,7 @@ def evaluate_run(
             raise CharlmError(f"{corpus}: {e}") from None
         if len(ids) < 2:
             raise CharlmError(f"{corpus}: too short to score; need at least 2 characters")
-        return evaluate_ids(loaded.model, ids, n_streams, precision=precision)
+        return _score(loaded.model, ids, n_streams, precision, window)
     record = loaded.checkpoint.record.get("corpus", {})
     spec = record.get("resolved", data.corpus)
     found = prepare_corpus(replace(data, corpus=spec))  # the id cache training built
@@ -244,7 +246,15 @@ def evaluate_run(
             f"split {split!r} of {found.source} has {len(part)} characters; nothing to score "
             f"(set data.test_fraction when training to have a test split)"
         )
-    return evaluate_ids(loaded.model, part, n_streams, precision=precision)
+    return _score(loaded.model, part, n_streams, precision, window)
+
+
+def _score(
+    model: CharLM, ids: np.ndarray, streams: int, precision: str | None, window: int | None
+) -> EvalResult:
+    if window is None:
+        return evaluate_ids(model, ids, streams, precision=precision)
+    return evaluate_windows(model, ids, window, precision=precision)
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -111,3 +112,33 @@ def test_bad_window_is_a_one_line_error(window: int, batch: int, message: str) -
 def test_unknown_precision_is_refused() -> None:
     with pytest.raises(CharlmError, match="--precision 'auto'"):
         evaluate_windows(tiny_model(), random_ids(30), 5, precision="auto")
+
+
+def test_eval_window_on_a_run_and_on_the_command_line(trained_run: Path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from charlm.checkpoint import load_model
+    from charlm.cli import app
+    from charlm.evaluate import evaluate_run
+    from charlm.train import prepare_data
+
+    loaded = load_model(trained_run, "cpu")
+    data = prepare_data(loaded.config)
+    expected = evaluate_windows(loaded.model, data.splits.val, 64)
+    result = evaluate_run(trained_run, split="val", device="cpu", window=64)
+    assert result.loss == pytest.approx(expected.loss, rel=1e-9)
+    assert result.chars == expected.chars == (len(data.splits.val) // 64) * 63
+    runner = CliRunner()
+    shown = runner.invoke(
+        app, ["eval", str(trained_run), "--device", "cpu", "--window", "64", "--json"]
+    )
+    assert shown.exit_code == 0, shown.output
+    record = json.loads(shown.stdout)
+    assert record["loss"] == pytest.approx(expected.loss, rel=1e-9)
+    assert record["scored"] == "val split, fresh 64-character windows"
+    folder = runner.invoke(
+        app, ["eval", str(trained_run), "--window", "64", "--corpus", str(trained_run)]
+    )
+    assert folder.exit_code == 1 and "--window 64: scores one text" in folder.output

@@ -216,6 +216,13 @@ def eval_command(
         "what `charlm sample --precision` costs the model. Default: the model's own forward.",
         show_default=False,
     ),
+    window: int | None = typer.Option(
+        None,
+        "--window",
+        help="Score fresh windows of N characters, each from a zero state, instead of the "
+        "carried state (256 scores the way nanoGPT's shakespeare_char does).",
+        show_default=False,
+    ),
 ) -> None:
     """Mean loss (nats/char), bits per char and perplexity of a model on a split or a file.
 
@@ -232,6 +239,8 @@ def eval_command(
         check_precision(precision, auto=False)
     check_unknown_policy(unknown)
     if corpus is not None and (corpus.is_dir() or any(ch in str(corpus) for ch in "*?[")):
+        if window is not None:
+            raise CharlmError(f"--window {window}: scores one text; give --corpus a single file")
         show_files(run, corpus, as_json, device, unknown, impl, precision)
         return
     result = evaluate_run(
@@ -242,8 +251,11 @@ def eval_command(
         unknown=unknown,
         impl=impl,
         precision=precision,
+        window=window,
     )
     scored = str(corpus) if corpus is not None else f"{split} split"
+    if window is not None:
+        scored += f", fresh {window}-character windows"
     if as_json:
         typer.echo(json.dumps({"scored": scored, **result.to_dict()}))
         return
