@@ -43,7 +43,7 @@ def test_the_average_is_what_is_scored_saved_and_sampled(corpus: Path, tmp_path:
     ]
     assert len(vals[0]) == len(vals[1]) == 2 and vals[0] != vals[1]
     # Sampling and evaluation load the average as the run's model.
-    loaded = load_model(averaged)
+    loaded = load_model(averaged, "cpu")
     for name, value in loaded.model.state_dict().items():
         torch.testing.assert_close(value, expected[name], rtol=0, atol=1e-6)
 

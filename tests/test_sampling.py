@@ -547,7 +547,9 @@ def test_cli_sampling_threads(
 
     monkeypatch.setattr(sample_module, "make_stepper", spy)
     torch.set_num_threads(3)
-    result = runner.invoke(app, ["sample", str(trained_run), "-n", "20", "-s", "1", *args])
+    result = runner.invoke(
+        app, ["sample", str(trained_run), "--device", "cpu", "-n", "20", "-s", "1", *args]
+    )
     assert result.exit_code == 0, result.output
     assert seen == [threads]
     assert torch.get_num_threads() == 3
