@@ -119,10 +119,10 @@ def train(
     from charlm import distributed
     from charlm.config import load_config
     from charlm.cpu.memory import keep_freed_memory
-    from charlm.runs import default_run_dir
-    from charlm.train import TrainingInterrupted
-    from charlm.train import resume as resume_training
-    from charlm.train import train as run_training
+    from charlm.rundir import default_run_dir
+    from charlm.training import TrainingInterrupted
+    from charlm.training import resume as resume_training
+    from charlm.training import train as run_training
 
     config_path, overrides = split_train_args(args or [])
     if resume is not None and config_path is not None:
@@ -186,9 +186,11 @@ def train(
         "final val bpc",
         f"{final.bpc:.4f} (loss {final.loss:.4f}) on all {final.chars + 1:,} val chars",
     )
-    table.add_row(
-        "best val bpc", f"{result.best_val_bpc:.4f} at step {result.best_step:,} (interval evals)"
-    )
+    if result.interval_evals:
+        table.add_row(
+            "best val bpc",
+            f"{result.best_val_bpc:.4f} at step {result.best_step:,} (interval evals)",
+        )
     table.add_row("next", f"charlm sample {result.run_dir}")
     err.print(table)
 
@@ -243,11 +245,12 @@ class ProgressView:
         if self.progress is not None:
             self.progress.__exit__(*exc)
 
-    def handle(self, event: dict[str, Any]) -> None:
-        kind = event["event"]
-        if kind == "start":
-            self.max_steps, self.max_time = event["max_steps"], event["max_time"]
-            probe = event.get("precision_probe")
+    def handle(self, event: Any) -> None:
+        from charlm import events as ev
+
+        if isinstance(event, ev.Started):
+            self.max_steps, self.max_time = event.max_steps, event.max_time
+            probe = event.precision_probe
             timed = (
                 f" (auto: a step took {probe['fp32_step_s'] * 1e3:.0f} ms in fp32, "
                 f"{probe['bf16_step_s'] * 1e3:.0f} ms in bf16)"
@@ -255,39 +258,48 @@ class ProgressView:
                 else ""
             )
             line = (
-                f"run {event['run_dir']} | {event['device']} {event['precision']}{timed}"
-                f" | {event['parameters']:,} parameters"
-                f" | vocab {event['vocab_size']} | train {event['train_chars']:,} chars"
-                f" | val {event['val_chars']:,} chars"
+                f"run {event.run_dir} | {event.device} {event.precision}{timed}"
+                f" | {event.parameters:,} parameters"
+                f" | vocab {event.vocab_size} | train {event.train_chars:,} chars"
+                f" | val {event.val_chars:,} chars"
             )
             err.print(line, markup=False)
             if self.progress is not None:
                 self.task = self.progress.add_task("train", total=1000, status="starting")
-        elif kind == "log":
-            if "val_bpc" in event:
-                self.last_bpc = f"{event['val_bpc']:.3f}"
-            train_loss = event.get("train_loss")
+        elif isinstance(event, ev.Logged):
+            if event.val_bpc is not None:
+                self.last_bpc = f"{event.val_bpc:.3f}"
+            train_loss = event.train_loss
+            speed = event.chars_per_s
             status = (
-                f"step {event['step']:,}"
+                f"step {event.step:,}"
                 + (f" | loss {train_loss:.3f}" if train_loss is not None else "")
                 + f" | val bpc {self.last_bpc}"
-                + (f" | {event['chars_per_s']:,.0f} chars/s" if "chars_per_s" in event else "")
+                + (f" | {speed:,.0f} chars/s" if speed is not None else "")
             )
             if self.progress is not None:
                 fractions = [0.0]
                 if self.max_steps:
-                    fractions.append(event["step"] / self.max_steps)
+                    fractions.append(event.step / self.max_steps)
                 if self.max_time:
-                    fractions.append(event["elapsed_s"] / self.max_time)
+                    fractions.append(event.elapsed_s / self.max_time)
                 self.progress.update(
                     self.task, completed=1000 * min(1.0, max(fractions)), status=status
                 )
             else:
-                err.print(f"{status} | {event['elapsed_s']:.1f}s", markup=False)
-        elif kind == "resume":
-            err.print(f"resuming from {event['path']} (step {event['step']:,})", markup=False)
-        elif kind == "warning":
-            err.print(f"warning: {event['message']}", markup=False, soft_wrap=True)
+                err.print(f"{status} | {event.elapsed_s:.1f}s", markup=False)
+        elif isinstance(event, ev.FinalEvalStarted):
+            status = f"final eval on all {event.chars:,} val chars"
+            if self.progress is not None:
+                self.progress.update(self.task, completed=1000, status=status)
+            else:
+                err.print(f"{status} ...", markup=False)
+        elif isinstance(event, ev.FinalEvalFinished) and self.progress is None:
+            err.print(f"final val bpc {event.bpc:.4f} | {event.seconds:.1f}s", markup=False)
+        elif isinstance(event, ev.Resumed):
+            err.print(f"resuming from {event.path} (step {event.step:,})", markup=False)
+        elif isinstance(event, ev.Warned):
+            err.print(f"warning: {event.message}", markup=False, soft_wrap=True)
 
 
 # ------------------------------------------------------------------------------------ sample
@@ -412,9 +424,9 @@ def sample(
 
 def auto_precision(model: Any, batch: int) -> str:
     """`--precision auto`: time a step in each precision, say on stderr which won and why."""
-    from charlm.stepper import choose_precision
+    from charlm import stepper
 
-    chosen, timings = choose_precision(model, batch)
+    chosen, timings = stepper.auto_precision(model, batch)
     times = ", ".join(f"{seconds * 1e6:,.0f} us in {name}" for name, seconds in timings.items())
     line = f"precision: {chosen} (auto: a step of {batch} took {times})"
     err.print(line, markup=False, soft_wrap=True)
@@ -550,7 +562,7 @@ def eval_command(
     a total row; its JSON is the total's numbers plus a "files" list.
     """
     from charlm.evaluate import evaluate_run
-    from charlm.stepper import check_precision
+    from charlm.precision import check_precision
     from charlm.vocab import check_unknown_policy
 
     if split not in ("val", "test", "train"):
@@ -666,33 +678,37 @@ class SweepView:
             self.view.__exit__(None, None, None)
             self.view = None
 
-    def handle(self, event: dict[str, Any]) -> None:
-        kind = event["event"]
-        if kind == "sweep_run":
+    def handle(self, event: Any) -> None:
+        from charlm import events as ev
+
+        if isinstance(event, ev.SweepRun):
             self.close()
             what = {"skip": "finished already, skipped", "start": "starting"}
-            line = f"[{event['index']}/{event['total']}] {event['name']}: "
-            err.print(line + what.get(event["action"], "unfinished"), markup=False)
-        elif kind == "resume":
-            err.print(f"  resuming from {event['path']} (step {event['step']:,})", markup=False)
-        elif kind == "sweep_moved":
+            line = f"[{event.index}/{event.total}] {event.name}: "
+            err.print(line + what.get(event.action, "unfinished"), markup=False)
+        elif isinstance(event, ev.Resumed):
+            err.print(f"  resuming from {event.path} (step {event.step:,})", markup=False)
+        elif isinstance(event, ev.SweepMoved):
             err.print(
-                f"  kept the unfinished run as {event['moved_to']}; starting it again",
+                f"  kept the unfinished run as {event.moved_to}; starting it again",
                 markup=False,
             )
-        elif kind == "start":
+        elif isinstance(event, ev.SweepPrecision):
+            err.print(f"precision: auto resolved to {event.precision} for every run", markup=False)
+        elif isinstance(event, ev.Started):
             self.view = ProgressView(self.plain).__enter__()
             self.view.handle(event)
-        elif kind == "end":
+        elif isinstance(event, ev.Ended):
             self.close()
+            summary = event.summary
             err.print(
-                f"  done: best val bpc {event['best_val_bpc']:.4f} in {event['steps']:,} steps",
+                f"  done: best val bpc {summary.best_val_bpc:.4f} in {summary.steps:,} steps",
                 markup=False,
             )
         elif self.view is not None:
             self.view.handle(event)
-        elif kind == "warning":
-            err.print(f"warning: {event['message']}", markup=False)
+        elif isinstance(event, ev.Warned):
+            err.print(f"warning: {event.message}", markup=False)
 
 
 @app.command()
@@ -716,7 +732,7 @@ def sweep(
     from charlm.cpu.memory import keep_freed_memory
     from charlm.runs import compare_runs
     from charlm.sweep import default_sweep_dir, load_experiment, run_sweep
-    from charlm.train import TrainingInterrupted
+    from charlm.training import TrainingInterrupted
 
     path, overrides = split_train_args(args)
     if path is None:

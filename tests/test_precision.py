@@ -11,7 +11,8 @@ from conftest import tiny_config
 
 from charlm.checkpoint import load_checkpoint
 from charlm.errors import CharlmError
-from charlm.train import Trainer, train
+from charlm.precision import autocast
+from charlm.training import Trainer, train
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU refusal")
@@ -38,10 +39,11 @@ def test_bf16_forward_really_runs_in_bf16(tmp_path: Path, corpus_file: Path) -> 
     config = tiny_config(corpus_file, **{"train.precision": "bf16", "model.impl": "reference"})
     trainer = Trainer(config, tmp_path)
     x = torch.zeros(2, 4, dtype=torch.long)
-    with trainer.autocast():
+    with autocast(trainer.precision.name, trainer.device):
         logits, _ = trainer.model(x)
     assert logits.dtype == torch.bfloat16
-    with Trainer(tiny_config(corpus_file), tmp_path).autocast():
+    plain = Trainer(tiny_config(corpus_file), tmp_path)
+    with autocast(plain.precision.name, plain.device):
         logits, _ = trainer.model(x)
     assert logits.dtype == torch.float32
 
@@ -61,10 +63,12 @@ def test_bf16_on_the_fused_lstm_trains_or_says_why(tmp_path: Path, corpus_file: 
 def test_auto_precision_follows_the_hardware_and_is_recorded(
     tmp_path: Path, corpus_file: Path, monkeypatch: pytest.MonkeyPatch, native: bool
 ) -> None:
-    import charlm.train as train_module
+    import charlm.precision as precision_module
 
-    monkeypatch.setattr(train_module, "native_bf16", lambda device, model: native)
-    monkeypatch.setattr(train_module, "time_bf16_step", lambda *args: (2.0, 1.0))
+    monkeypatch.setattr(precision_module, "native_bf16", lambda device, model: native)
+    monkeypatch.setattr(
+        precision_module, "time_train_step", lambda *args: {"fp32": 2.0, "bf16": 1.0}
+    )
     extra = {"train.precision": "auto", "train.max_steps": 10, "train.eval_interval": 10}
     result = train(tiny_config(corpus_file, **extra), tmp_path / "run")
     want = "bf16" if native else "fp32"
@@ -80,17 +84,19 @@ def test_auto_on_the_cpu_is_bf16_where_onednn_has_it_and_it_times_faster(
     tmp_path: Path, corpus_file: Path, monkeypatch: pytest.MonkeyPatch, bf16_s: float
 ) -> None:
     """A flag is not a speed-up: bf16 only where a timed step (fp32 1.0 s here) wins by 1.1x."""
-    import charlm.train as train_module
+    import charlm.precision as precision_module
 
-    monkeypatch.setattr(train_module, "time_bf16_step", lambda *args: (1.0, bf16_s))
+    monkeypatch.setattr(
+        precision_module, "time_train_step", lambda *args: {"fp32": 1.0, "bf16": bf16_s}
+    )
     config = tiny_config(corpus_file, **{"train.precision": "auto"})
     trainer = Trainer(config, tmp_path)
     native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()) and bf16_s == 0.5
-    assert trainer.precision == ("bf16" if native else "fp32")
+    assert trainer.precision.name == ("bf16" if native else "fp32")
     if torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        assert trainer.precision_probe == {"fp32_step_s": 1.0, "bf16_step_s": bf16_s}
+        assert trainer.precision.probe == {"fp32_step_s": 1.0, "bf16_step_s": bf16_s}
     x = torch.zeros(2, 4, dtype=torch.long)
-    with trainer.autocast():
+    with autocast(trainer.precision.name, trainer.device):
         logits, _ = trainer.model(x)
     assert logits.dtype == (torch.bfloat16 if native else torch.float32)
 
@@ -99,26 +105,26 @@ def test_auto_keeps_fp32_where_the_bf16_forward_fails(
     tmp_path: Path, corpus_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A CPU that reports bf16 but whose kernel refuses it still trains, in fp32."""
-    import charlm.train as train_module
+    import charlm.precision as precision_module
 
-    monkeypatch.setattr(train_module, "hardware_bf16", lambda device: True)
-    monkeypatch.setattr(train_module, "_bf16_forward_runs", lambda config, device: False)
+    monkeypatch.setattr(precision_module, "hardware_bf16", lambda device: True)
+    monkeypatch.setattr(precision_module, "bf16_forward_runs", lambda config, device: False)
     trainer = Trainer(tiny_config(corpus_file, **{"train.precision": "auto"}), tmp_path)
-    assert trainer.precision == "fp32"
+    assert trainer.precision.name == "fp32"
 
 
 def test_the_timed_probe_gives_each_precision_a_step_time(corpus_file: Path) -> None:
     """Real timings, on a throwaway model: both positive, and the run's random streams kept."""
-    from charlm.train import time_bf16_step
+    from charlm.precision import time_train_step
 
     config = tiny_config(corpus_file)
     before = torch.get_rng_state()
     if not bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()):
         pytest.skip("this CPU has no AVX-512 BF16: auto never times bf16 here")
-    fp32_s, bf16_s = time_bf16_step(config.model, 12, 4, 16, torch.device("cpu"))
-    assert 0 < fp32_s < 10 and 0 < bf16_s < 10
-    once = time_bf16_step(config.model, 12, 4, 16, torch.device("cpu"), budget_s=0.0)
-    assert all(0 < s < 10 for s in once)  # a spent budget still times each precision once
+    timings = time_train_step(config.model, 12, 4, 16, torch.device("cpu"))
+    assert set(timings) == {"fp32", "bf16"} and all(0 < s < 10 for s in timings.values())
+    once = time_train_step(config.model, 12, 4, 16, torch.device("cpu"), budget_s=0.0)
+    assert all(0 < s < 10 for s in once.values())  # a spent budget still times each precision once
     assert torch.equal(torch.get_rng_state(), before)
 
 

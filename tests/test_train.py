@@ -16,7 +16,7 @@ from conftest import tiny_config
 from charlm.config import ModelConfig, load_config
 from charlm.errors import CharlmError
 from charlm.model import CharLM
-from charlm.train import lr_at, train
+from charlm.training import lr_at, train
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
