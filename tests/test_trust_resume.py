@@ -320,7 +320,7 @@ def test_unwritable_folders_are_reported_before_loading_data(
     real_access = os.access
     # Simulated, so the test also means something when it runs as root.
     monkeypatch.setattr(
-        "charlm.runs.os.access",
+        "charlm.rundir.os.access",
         lambda path, mode: False if Path(path) in read_only else real_access(path, mode),
     )
     code, out = cli("train", *tiny_overrides(corpus), "--out", str(locked / "run"))
