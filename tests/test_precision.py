@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -12,7 +13,7 @@ from conftest import tiny_config
 from charlm.checkpoint import load_checkpoint
 from charlm.errors import CharlmError
 from charlm.precision import autocast
-from charlm.training import Trainer, train
+from charlm.training import Trainer, resume, train
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU refusal")
@@ -134,3 +135,62 @@ def test_resolving_auto_leaves_the_random_streams_alone(tmp_path: Path, corpus_f
     after_fp32 = torch.get_rng_state()
     Trainer(tiny_config(corpus_file, **{"train.precision": "auto"}), tmp_path / "b")
     assert torch.equal(torch.get_rng_state(), after_fp32)
+
+
+def _probe(monkeypatch: pytest.MonkeyPatch, answers: list[dict[str, float]]) -> list[int]:
+    """Make `auto` see bf16 hardware and time steps as `answers` say, in turn; -> the calls."""
+    import charlm.precision as precision_module
+
+    calls: list[int] = []
+
+    def timed(*args: object, **kwargs: object) -> dict[str, float]:
+        calls.append(len(calls))
+        return answers[(len(calls) - 1) % len(answers)]
+
+    monkeypatch.setattr(precision_module, "native_bf16", lambda device, model: True)
+    monkeypatch.setattr(precision_module, "time_train_step", timed)
+    return calls
+
+
+def test_a_resumed_auto_run_keeps_its_precision_and_is_never_timed_again(
+    tmp_path: Path, corpus_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = tmp_path / "run"
+    calls = _probe(monkeypatch, [{"fp32": 2.0, "bf16": 1.0}, {"fp32": 1.0, "bf16": 2.0}])
+    extra = {"train.precision": "auto", "model.impl": "reference", "train.max_steps": 10}
+    train(tiny_config(corpus_file, **{**extra, "train.checkpoint_interval": 10}), run)
+    assert calls == [0]
+    head = (run / "config.yaml").read_text().splitlines()[0]
+    assert head == "# train.precision: auto resolved to bf16 for this run"
+    result = resume(run, ["train.max_steps=20"])
+    assert calls == [0]  # a fresh probe would have said fp32; the resume did not ask
+    record = load_checkpoint(result.last_checkpoint).record
+    assert record["step"] == 20 and record["precision"] == "bf16"
+    assert record["precision_probe"] == {"fp32_step_s": 2.0, "bf16_step_s": 1.0}
+    assert json.loads((run / "summary.json").read_text())["precision"] == "bf16"
+    assert (run / "config.yaml").read_text().splitlines()[0] == head
+
+
+def test_the_carried_state_stays_fp32_under_bf16(
+    tmp_path: Path, corpus_file: Path
+) -> None:
+    """The hidden state carried between batches (and checkpointed) is fp32 whatever autocast
+    computes in, so a bf16 run resumes on a CPU in fp32 without feeding bf16 to the LSTM."""
+    extra = {"train.precision": "bf16", "model.impl": "reference", "train.max_steps": 6}
+    result = train(tiny_config(corpus_file, **extra), tmp_path / "run")
+    saved = load_checkpoint(result.last_checkpoint).group("state")
+    assert saved and all(t.dtype == torch.float32 for t in saved.values())
+    # The fused LSTM under autocast returns its state in the low dtype (where oneDNN has it);
+    # a stand-in that does so everywhere shows what the step carries on.
+    trainer = Trainer(tiny_config(corpus_file, **extra), tmp_path / "other")
+    model = trainer.model
+
+    class LowState(torch.nn.Module):
+        def forward(self, x: torch.Tensor, state: Any) -> Any:
+            logits, new = model(x, state)
+            return logits, tuple(s.to(torch.bfloat16) for s in new)
+
+    trainer.step_fn.net = LowState()
+    x = torch.zeros(8, 32, dtype=torch.long)
+    done = trainer.step_fn.backward(x, x, trainer.hidden.state)
+    assert all(s.dtype == torch.float32 for s in done.state)

@@ -301,3 +301,29 @@ def test_cli_sweep_runs_then_skips_and_reports_bad_files_in_one_line(
     assert result.exit_code == 1
     assert "error:" in result.output and "did you mean model.cell?" in result.output
     assert "Traceback" not in result.output
+
+
+def test_every_run_of_a_sweep_trains_in_the_precision_auto_resolved_once(
+    tmp_path: Path, small_corpus: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A timing per run could pick bf16 for one and fp32 for the next (the probe here alternates);
+    the sweep times once and every run uses that pick."""
+    import charlm.precision as precision_module
+
+    answers = [{"fp32": 2.0, "bf16": 1.0}, {"fp32": 1.0, "bf16": 2.0}]
+    calls: list[int] = []
+
+    def timed(*args: object, **kwargs: object) -> dict[str, float]:
+        calls.append(1)
+        return answers[(len(calls) - 1) % 2]
+
+    monkeypatch.setattr(precision_module, "native_bf16", lambda device, model: True)
+    monkeypatch.setattr(precision_module, "time_train_step", timed)
+    settings = tiny_set(small_corpus, **{"train.precision": "auto", "model.impl": "reference"})
+    path = write_experiment(tmp_path, {"set": settings, "grid": {"model.cell": ["lstm", "gru"]}})
+    events: list[ev.Event] = []
+    result = run_sweep(load_experiment(path), tmp_path / "out", on_event=events.append)
+    assert len(calls) == 1
+    assert [e.precision for e in events if isinstance(e, ev.SweepPrecision)] == ["bf16"]
+    assert [e.precision for e in events if isinstance(e, ev.Started)] == ["bf16", "bf16"]
+    assert [run.summary.precision for run in result.runs if run.summary] == ["bf16", "bf16"]
