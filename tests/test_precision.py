@@ -171,9 +171,7 @@ def test_a_resumed_auto_run_keeps_its_precision_and_is_never_timed_again(
     assert (run / "config.yaml").read_text().splitlines()[0] == head
 
 
-def test_the_carried_state_stays_fp32_under_bf16(
-    tmp_path: Path, corpus_file: Path
-) -> None:
+def test_the_carried_state_stays_fp32_under_bf16(tmp_path: Path, corpus_file: Path) -> None:
     """The hidden state carried between batches (and checkpointed) is fp32 whatever autocast
     computes in, so a bf16 run resumes on a CPU in fp32 without feeding bf16 to the LSTM."""
     extra = {"train.precision": "bf16", "model.impl": "reference", "train.max_steps": 6}

@@ -8,13 +8,9 @@ evals and saves, stop signals, and the decisions every process of a run must tak
 
 from __future__ import annotations
 
-import contextlib
 import math
 import random
-import signal
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -32,10 +28,24 @@ from charlm.model import CharLM, resolve_device
 from charlm.rundir import CHECKPOINT_DIR, METRICS_NAME, MetricsLog, Summary, write_summary
 from charlm.training import state as st
 from charlm.training.data import prepare_data
-from charlm.training.outcome import TrainingDiverged, TrainingInterrupted, TrainResult
-from charlm.training.step import Backward, DeferredCheck, TrainStep, averaged_copy, batch_to
+from charlm.training.outcome import (
+    TrainingDiverged,
+    TrainingInterrupted,
+    TrainResult,
+    diverged_message,
+    finished_summary,
+)
+from charlm.training.signals import StopSignals
+from charlm.training.step import (
+    FUSED_ADAMW,
+    Backward,
+    DeferredCheck,
+    TrainStep,
+    adamw,
+    averaged_copy,
+    batch_to,
+)
 
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 WHOLE_SPLIT_SHARE = 0.9
 """When train.eval_chars covers at least this share of the val split, every eval scores the whole
 split: the end of the run would otherwise score almost the same text twice."""
@@ -98,43 +108,43 @@ class Trainer:
         averaged = averaged_copy(self.model) if t.ema_decay is not None else None
         if self.dist.enabled:
             self._seed_dropout(0)
-        # AdamW's fused kernel: one vectorised pass per parameter instead of a dozen tensor ops
-        # (on the CPU torch otherwise picks its per-tensor loop); see docs/benchmarks.md.
-        fused = self.device.type in ("cpu", "cuda")
-        optimizer = torch.optim.AdamW(
-            self.model.parameters(),
-            lr=t.lr,
-            betas=(t.beta1, t.beta2),
-            weight_decay=t.weight_decay,
-            fused=fused,
-        )
         if precision is not None:  # resolved before: only checked on this device
             prec.check_train_precision(precision.name, config.model, self.device)
         self.precision = precision or self._resolve_precision()
         prec.set_matmul_precision(self.precision.name, self.device)
+        optimizer = adamw(self.model, t, self.device)
         self.step_fn = TrainStep(
             self.model, optimizer, self.precision.name, self.device, t.grad_clip, averaged,
             t.ema_decay,
         )  # fmt: skip
         # On a GPU the finiteness of each step is recorded on the device and read where the
         # loop waits anyway; under DDP the processes agree on it every step in one collective.
-        self.deferred = (
-            DeferredCheck(self.device) if self.device.type == "cuda" and not self.dist.enabled
-            else None
-        )  # fmt: skip
+        on_gpu = self.device.type == "cuda" and not self.dist.enabled
+        self.deferred = DeferredCheck(self.device) if on_gpu else None
+        self.parts = self._parts(averaged)
+        self.last_checkpoint: Path | None = None
+        self.stop = StopSignals()
+        # Under torchrun: the signal and rank 0's clock as all processes agreed on them.
+        self.agreed_signal: int | None = None
+        self.agreed_elapsed = 0.0
+        self.clock_start = time.perf_counter()
+        self.final_eval_s = 0.0
+
+    def _parts(self, averaged: CharLM | None) -> list[st.Part]:
+        """Everything a checkpoint holds, in the order it is written and restored."""
+        batch = self.config.train.batch_size
         self.counters = st.Counters()
         self.window = st.LossWindow(self.device, self.dist)
         self.hidden = st.Hidden(
             self.model.init_state(self.local_batch, self.device),
-            self.dist.shard(t.batch_size), self.local_batch, self.device, self.dist,
+            self.dist.shard(batch), self.local_batch, self.device, self.dist,
         )  # fmt: skip
         self.weights = st.Weights(self.model, averaged)
-        # Everything a checkpoint holds, in the order it is written and restored.
-        self.parts: list[st.Part] = [
-            st.RunRecord(config, self.data.vocab, self.data.corpus_record, self.device,
+        return [
+            st.RunRecord(self.config, self.data.vocab, self.data.corpus_record, self.device,
                          self.precision),
             self.weights,
-            st.Optimizer(optimizer, fused),
+            st.Optimizer(self.step_fn.optimizer, self.device.type in FUSED_ADAMW),
             self.hidden,
             st.Batcher(self.batcher),
             self.window,
@@ -142,13 +152,6 @@ class Trainer:
             st.Scaler(self.step_fn.scaler),
             st.Rng(),
         ]  # fmt: skip
-        self.last_checkpoint: Path | None = None
-        self.stop_signal: int | None = None
-        # Under torchrun: the signal and rank 0's clock as all processes agreed on them.
-        self.agreed_signal: int | None = None
-        self.agreed_elapsed = 0.0
-        self.clock_start = time.perf_counter()
-        self.final_eval_s = 0.0
 
     @property
     def step(self) -> int:
@@ -201,31 +204,6 @@ class Trainer:
             ckpt.prune(path.parent, self.config.train.keep_last)
         return path
 
-    # -- stop signals --------------------------------------------------------------------------
-    def request_stop(self, signum: int = signal.SIGINT, frame: object = None) -> None:
-        """Ask the loop to stop after the current step (the SIGINT/SIGTERM handler).
-
-        Only records the first signal: a second Ctrl-C while the checkpoint is being written is
-        ignored, so it cannot cut the save short.
-        """
-        if self.stop_signal is None:
-            self.stop_signal = signum
-
-    @contextlib.contextmanager
-    def stop_signals(self) -> Iterator[None]:
-        """Route SIGINT/SIGTERM to `request_stop` (main thread only), then restore the old ones."""
-        if threading.current_thread() is not threading.main_thread():
-            yield
-            return
-        previous = {s: signal.getsignal(s) for s in STOP_SIGNALS}
-        for s in STOP_SIGNALS:
-            signal.signal(s, self.request_stop)
-        try:
-            yield
-        finally:
-            for s, handler in previous.items():
-                signal.signal(s, handler if handler is not None else signal.SIG_DFL)
-
     # -- divergence and agreement ----------------------------------------------------------------
     def _decide(self, done: Backward) -> None:
         """Stop before the update if this step is not finite (on a GPU: record it for later)."""
@@ -245,7 +223,7 @@ class Trainer:
         stopping, divergence), so none is left waiting in a collective the others skipped.
         """
         elapsed = time.perf_counter() - self.clock_start if self.dist.is_main else 0.0
-        signum = float(self.stop_signal or 0)
+        signum = float(self.stop.signum or 0)
         now, sig, bad = distributed.agree_max([elapsed, signum, 0.0 if finite else 1.0], self.dist)
         self.agreed_elapsed = now
         if sig and self.agreed_signal is None:
@@ -264,29 +242,13 @@ class Trainer:
             self._diverged(loss, norm, step)
 
     def _diverged(self, loss: float, norm: float, step: int | None = None) -> None:
-        found_later = step is not None
+        """Record the divergence in summary.json and stop every process with its error."""
+        noticed = None if step is None else self.step
         step = self.step + 1 if step is None else step
         last = self.last_checkpoint
-        where = (
-            f"last good checkpoint {last} (left untouched)"
-            if last is not None
-            else "no checkpoint had been saved yet"
-        )
-        self.write_summary(
-            Summary(
-                status="diverged", step=step, last_checkpoint=None if last is None else str(last)
-            )
-        )
-        outcome = (
-            f"noticed at step {self.step}, before anything was saved"
-            if found_later
-            else "the step was not applied"
-        )
-        message = (
-            f"training diverged at step {step}: loss {loss:.4g}, gradient norm {norm:.4g} "
-            f"(not finite); {outcome}; {where}. Try a lower train.lr or a "
-            f"train.grad_clip > 0 in a new run"
-        )
+        last_text = None if last is None else str(last)
+        self.write_summary(Summary(status="diverged", step=step, last_checkpoint=last_text))
+        message = diverged_message(step, loss, norm, noticed, last)
         if not self.dist.is_main:
             raise distributed.PeerFailed(message)
         raise TrainingDiverged(message, step, last)
@@ -302,18 +264,13 @@ class Trainer:
         val = self.data.splits.val
         if not full and self.eval_chars is not None:
             val = val[: self.eval_chars]
+        rows, reduce = None, None
+        if self.dist.enabled:
+            # Each process scores its share of the segments; the float64 sums are added up, so
+            # the score is that of a single-process eval (up to float rounding).
+            rows, reduce = self.dist.rows, lambda total: distributed.sum_all(total, self.dist)
         streams = self.config.train.eval_streams
-        if not self.dist.enabled:
-            return evaluate_ids(self.scored, val, streams)
-        # Each process scores its share of the segments; the float64 sums are added up, so the
-        # score is that of a single-process eval (up to float rounding).
-        return evaluate_ids(
-            self.scored,
-            val,
-            streams,
-            rows=self.dist.rows,
-            reduce=lambda total: distributed.sum_all(total, self.dist),
-        )
+        return evaluate_ids(self.scored, val, streams, rows=rows, reduce=reduce)
 
     def final_eval(self) -> EvalResult:
         """The whole val split, scored once the budget is spent; reported as it starts and ends."""
@@ -334,7 +291,7 @@ class Trainer:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.step_fn.net = DistributedDataParallel(self.model, device_ids=ids)
         try:
-            with self.stop_signals():
+            with self.stop.routed():
                 return self._run()
         finally:
             # DDP's reducer holds the process group; dropped here, the group can be torn down
@@ -405,7 +362,7 @@ class Trainer:
             if row and self.dist.is_main:
                 metrics.write(row)
                 self.emit(ev.Logged(step=c.step, elapsed_s=float(row["elapsed_s"]), row=row))
-            signum = self.agreed_signal if self.dist.enabled else self.stop_signal
+            signum = self.agreed_signal if self.dist.enabled else self.stop.signum
             stopping = signum is not None and not done
             if c.step % t.checkpoint_interval == 0 or done or stopping:
                 self.save_step()
@@ -498,26 +455,3 @@ class Trainer:
         self.write_summary(summary)
         self.emit(ev.Ended(summary))
         return result
-
-
-def finished_summary(result: TrainResult, precision: prec.TrainPrecision) -> Summary:
-    """What summary.json says about a finished run (paths relative to the run folder)."""
-    return Summary(
-        status="finished",
-        steps=result.steps,
-        elapsed_s=round(result.elapsed_s, 3),
-        chars_per_s=round(result.chars_per_s, 1),
-        eval_s=round(result.eval_s, 3),
-        step_chars_per_s=round(result.step_chars_per_s, 1),
-        final_eval_s=round(result.final_eval_s, 3),
-        interval_evals=result.interval_evals,
-        precision=precision.name,
-        precision_probe=precision.probe,
-        parameters=result.parameters,
-        final_val=result.final_val.to_dict(),
-        best_val_loss=result.best_val_loss,
-        best_val_bpc=result.best_val_bpc,
-        best_step=result.best_step,
-        last_checkpoint=str(result.last_checkpoint.relative_to(result.run_dir)),
-        best_checkpoint=str(result.best_checkpoint.relative_to(result.run_dir)),
-    )

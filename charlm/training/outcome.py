@@ -10,6 +10,8 @@ from pathlib import Path
 
 from charlm.errors import CharlmError
 from charlm.evaluate import EvalResult
+from charlm.precision import TrainPrecision
+from charlm.rundir import Summary
 
 
 def resume_command(run_dir: Path) -> str:
@@ -71,3 +73,48 @@ class TrainResult:
         (their share of `elapsed_s`) does not dilute."""
         steps_s = self.elapsed_s - self.eval_s
         return self.chars_per_s * self.elapsed_s / steps_s if steps_s > 0 else 0.0
+
+
+def diverged_message(
+    step: int, loss: float, norm: float, noticed: int | None, last: Path | None
+) -> str:
+    """The error of a run whose step `step` was not finite; `noticed`: the step at which a
+    deferred check found it (None: found before the update, which was not applied)."""
+    where = (
+        f"last good checkpoint {last} (left untouched)"
+        if last is not None
+        else "no checkpoint had been saved yet"
+    )
+    outcome = (
+        f"noticed at step {noticed}, before anything was saved"
+        if noticed is not None
+        else "the step was not applied"
+    )
+    return (
+        f"training diverged at step {step}: loss {loss:.4g}, gradient norm {norm:.4g} "
+        f"(not finite); {outcome}; {where}. Try a lower train.lr or a "
+        f"train.grad_clip > 0 in a new run"
+    )
+
+
+def finished_summary(result: TrainResult, precision: TrainPrecision) -> Summary:
+    """What summary.json says about a finished run (paths relative to the run folder)."""
+    return Summary(
+        status="finished",
+        steps=result.steps,
+        elapsed_s=round(result.elapsed_s, 3),
+        chars_per_s=round(result.chars_per_s, 1),
+        eval_s=round(result.eval_s, 3),
+        step_chars_per_s=round(result.step_chars_per_s, 1),
+        final_eval_s=round(result.final_eval_s, 3),
+        interval_evals=result.interval_evals,
+        precision=precision.name,
+        precision_probe=precision.probe,
+        parameters=result.parameters,
+        final_val=result.final_val.to_dict(),
+        best_val_loss=result.best_val_loss,
+        best_val_bpc=result.best_val_bpc,
+        best_step=result.best_step,
+        last_checkpoint=str(result.last_checkpoint.relative_to(result.run_dir)),
+        best_checkpoint=str(result.best_checkpoint.relative_to(result.run_dir)),
+    )

@@ -16,7 +16,22 @@ import torch
 import torch.nn.functional as F
 
 from charlm import precision as prec
+from charlm.config import TrainConfig
 from charlm.model import CharLM, State
+
+FUSED_ADAMW = ("cpu", "cuda")
+"""Devices where AdamW runs its fused kernel: one vectorised pass per parameter instead of a
+dozen tensor ops (on the CPU torch otherwise picks its per-tensor loop); docs/benchmarks.md."""
+
+
+def adamw(model: CharLM, t: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    return torch.optim.AdamW(
+        model.parameters(),
+        lr=t.lr,
+        betas=(t.beta1, t.beta2),
+        weight_decay=t.weight_decay,
+        fused=device.type in FUSED_ADAMW,
+    )
 
 
 @torch.no_grad()
