@@ -12,7 +12,7 @@ from conftest import tiny_config
 
 from charlm.checkpoint import load_checkpoint
 from charlm.errors import CharlmError
-from charlm.precision import autocast
+from charlm.precision import autocast, set_matmul_precision
 from charlm.training import Trainer, resume, train
 
 
@@ -192,3 +192,18 @@ def test_the_carried_state_stays_fp32_under_bf16(tmp_path: Path, corpus_file: Pa
     x = torch.zeros(8, 32, dtype=torch.long)
     done = trainer.step_fn.backward(x, x, trainer.hidden.state)
     assert all(s.dtype == torch.float32 for s in done.state)
+
+
+@pytest.mark.parametrize(("precision", "tf32"), [("fp32", False), ("bf16", True), ("fp16", True)])
+def test_fp32_on_a_gpu_turns_tf32_off(precision: str, tf32: bool) -> None:
+    """The switches are plain flags, so this holds without a GPU; on the CPU nothing changes."""
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    before = (matmul.allow_tf32, cudnn.allow_tf32)
+    try:
+        matmul.allow_tf32 = cudnn.allow_tf32 = not tf32
+        set_matmul_precision(precision, torch.device("cpu"))
+        assert (matmul.allow_tf32, cudnn.allow_tf32) == (not tf32, not tf32)
+        set_matmul_precision(precision, torch.device("cuda"))
+        assert (matmul.allow_tf32, cudnn.allow_tf32) == (tf32, tf32)
+    finally:
+        matmul.allow_tf32, cudnn.allow_tf32 = before
