@@ -1,7 +1,8 @@
 """Training a model: `train` a new run, `resume` one, and what they return or raise.
 
 step.py is one training step, state.py what a checkpoint holds, loop.py the `Trainer` (schedule,
-cadence, signals, agreement across processes), run.py a new run's setup, resume.py a resumed one.
+cadence, agreement across processes), run.py a new run's setup, resume.py a resumed one; data.py
+the corpus splits, signals.py Ctrl-C and SIGTERM, outcome.py the result, errors and summary.
 """
 
 from charlm.training.data import Data, prepare_data
