@@ -28,7 +28,7 @@ TRAIN_CHILD = """
 import sys, torch
 from pathlib import Path
 from charlm.config import load_config
-from charlm.train import Trainer
+from charlm.training import Trainer
 torch.set_num_threads(1)
 corpus, cache_dir, run, steps = sys.argv[1], sys.argv[2], Path(sys.argv[3]), int(sys.argv[4])
 config = load_config(None, [f"data.corpus={corpus}", f"data.cache_dir={cache_dir}",
@@ -36,10 +36,7 @@ config = load_config(None, [f"data.corpus={corpus}", f"data.cache_dir={cache_dir
     f"train.batching={sys.argv[5]}"])
 trainer = Trainer(config, run)
 for _ in range(steps):
-    x, y, fresh = trainer.batcher.next()
-    if fresh:
-        trainer.state = trainer.model.init_state(x.shape[0], trainer.device)
-    trainer.train_step(x, y)
+    trainer.train_step()
 """
 
 

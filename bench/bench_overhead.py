@@ -40,7 +40,7 @@ from torch import nn
 
 from charlm.config import Config, load_config
 from charlm.cpu.memory import keep_freed_memory
-from charlm.train import Trainer, train
+from charlm.training import Trainer, train
 from charlm.vocab import Vocab
 
 
@@ -102,17 +102,15 @@ def bench_config(corpus: Path, cell: str, batch: int, seq: int, seed: int, *extr
 
 
 def charlm_step(corpus: Path, cell: str, batch: int, seq: int, seed: int) -> Callable[[], None]:
-    """One step of charlm's trainer per call: its batcher, state reset and `train_step` (the
-    forward, backward, clipping, divergence check and AdamW update), without the run around it."""
+    """One step of charlm's trainer per call: `Trainer.train_step` (learning rate, batch, state
+    reset, forward, backward, clipping, divergence check and AdamW update), without the run
+    around it."""
     trainer = Trainer(
         bench_config(corpus, cell, batch, seq, seed), Path(tempfile.mkdtemp()) / "run"
     )
 
     def step() -> None:
-        x, y, fresh = trainer.batcher.next()
-        if fresh:
-            trainer.state = trainer.model.init_state(batch, trainer.device)
-        trainer.train_step(x, y)
+        trainer.train_step()
 
     return step
 

@@ -30,7 +30,7 @@ import charlm.model
 from charlm.config import load_config
 from charlm.errors import CharlmError
 from charlm.runs import read_metrics
-from charlm.train import train
+from charlm.training import train
 
 
 @contextlib.contextmanager

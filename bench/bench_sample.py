@@ -33,8 +33,9 @@ from common import DEFAULT_CORPUS, read_corpus  # noqa: E402
 
 from charlm.config import ModelConfig  # noqa: E402 (after the path line, to bench this checkout)
 from charlm.model import CharLM  # noqa: E402
+from charlm.precision import SAMPLE_PRECISIONS as PRECISIONS  # noqa: E402
 from charlm.sample import SampleOptions, generate_batch  # noqa: E402
-from charlm.stepper import PRECISIONS, choose_precision  # noqa: E402 (charlm sample --precision)
+from charlm.stepper import auto_precision  # noqa: E402 (charlm sample --precision)
 from charlm.vocab import Vocab  # noqa: E402
 
 CASES = [  # (cell, layers, hidden, batch)
@@ -119,7 +120,7 @@ def main() -> None:
             plain.append(plain_loop(model, vocab, batch, args.chars))
             for precision in PRECISIONS:
                 ours[precision].append(charlm_sampler(model, vocab, batch, args.chars, precision))
-            picks.append(choose_precision(model, batch)[0])
+            picks.append(auto_precision(model, batch)[0])
         p = statistics.median(plain)
         cells = " | ".join(
             f"{statistics.median(ours[q]):,.0f} ({statistics.median(ours[q]) / p:.1f}x)"

@@ -4,7 +4,7 @@ One run of a preset per seed, `train.max_steps` = --steps and the preset's own a
 the run trains exactly as it would without `train.ema_decay` (the average never feeds back into
 training). Beside it the script keeps one average per --decays value, all over the same
 trajectory and updated as the trainer's are (from the initial weights, by
-`charlm.train.update_average`, --decays being the cap); at the end it scores the
+`charlm.training.update_average`, --decays being the cap); at the end it scores the
 latest weights and each average like bench/race.py (the first 100,000 val characters as 20
 carried-state streams, nats per character) and prints one table.
 
@@ -29,8 +29,8 @@ from common import DEFAULT_CORPUS, VAL_CHARS, VAL_STREAMS, read_corpus  # noqa: 
 
 from charlm.config import Config, load_config  # noqa: E402 (after the path line)
 from charlm.evaluate import evaluate_ids  # noqa: E402
-from charlm.runs import prepare_run_dir  # noqa: E402
-from charlm.train import Trainer, update_average  # noqa: E402
+from charlm.rundir import prepare_run_dir  # noqa: E402
+from charlm.training import Trainer, update_average  # noqa: E402
 
 
 class AveragingTrainer(Trainer):
@@ -40,12 +40,12 @@ class AveragingTrainer(Trainer):
         super().__init__(config, run_dir)
         self.side = {d: [p.detach().clone() for p in self.model.parameters()] for d in decays}
 
-    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        loss = super().train_step(x, y)
+    def train_step(self) -> float:
+        lr = super().train_step()
         weights = [p.detach() for p in self.model.parameters()]
         for cap, average in self.side.items():
-            update_average(average, weights, cap, self.step)  # self.step: the step just taken
-        return loss
+            update_average(average, weights, cap, self.step - 1)  # the (0-based) step just taken
+        return lr
 
     def scores(self) -> dict[str, float]:
         """Val loss of the latest weights and of each average."""

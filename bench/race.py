@@ -123,10 +123,11 @@ def charlm_run(corpus: Path, preset: Path, sets: list[str], budget: float, seed:
         train_in_child([str(preset), *overrides], run, f"race: charlm seed {seed}")
         last = [r for r in read_metrics(run) if "val_loss" in r][-1]
         summary = read_summary(run)
+    assert summary is not None, f"{run}: no summary.json"
     return {
         "score": last["val_loss"],
-        "steps": summary["steps"],
-        "chars_per_s": summary["chars_per_s"],
+        "steps": summary.steps,
+        "chars_per_s": summary.chars_per_s,
     }
 
 

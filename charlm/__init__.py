@@ -15,7 +15,7 @@ __all__ = ["CharlmError", "__version__", "evaluate", "generate", "load_config", 
 
 _LAZY = {
     "load_config": ("charlm.config", "load_config"),
-    "train": ("charlm.train", "train"),
+    "train": ("charlm.training", "train"),
     "generate": ("charlm.sample", "generate"),
     "evaluate": ("charlm.evaluate", "evaluate_run"),
 }

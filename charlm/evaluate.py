@@ -63,7 +63,7 @@ def evaluate_ids(
     sampler's timed pick) is refused here as by `charlm eval`.
     """
     if precision is not None:
-        from charlm.stepper import check_precision
+        from charlm.precision import check_precision
 
         check_precision(precision, auto=False)
     start = time.perf_counter()

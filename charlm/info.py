@@ -13,7 +13,7 @@ from typing import Any
 
 from charlm import checkpoint as ckpt
 from charlm.errors import CharlmError
-from charlm.runs import CHECKPOINT_DIR
+from charlm.rundir import CHECKPOINT_DIR
 
 
 def _check_file(path: Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
@@ -60,6 +60,7 @@ def _summary(path: Path, record: dict[str, Any]) -> dict[str, Any]:
         # What the run trained in (`auto` resolved); older checkpoints only have the config's.
         "precision": record.get("precision")
         or ((record.get("config") or {}).get("train") or {}).get("precision", "fp32"),
+        "precision_probe": record.get("precision_probe"),  # auto's timings, when it timed
         "torch_version": record.get("torch_version"),
         "config": record.get("config"),
     }
@@ -71,7 +72,7 @@ def describe(target: str | Path) -> dict[str, Any]:
     `summary` describes the newest intact step checkpoint (else the best, else the file
     itself) and is None when no file is intact.
     """
-    from charlm.train import resume_command
+    from charlm.training import resume_command
 
     path = Path(target)
     if not path.exists():

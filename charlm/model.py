@@ -156,10 +156,3 @@ def resolve_device(name: str) -> torch.device:
     if name not in ("cpu", "cuda"):
         raise CharlmError(f"device {name!r}: expected auto, cpu or cuda")
     return torch.device(name)
-
-
-def hardware_bf16(device: torch.device) -> bool:
-    """bf16 arithmetic in the hardware: a CUDA GPU's own, or oneDNN's AVX-512 BF16 / AMX."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported(including_emulation=False)
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())

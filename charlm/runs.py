@@ -1,21 +1,11 @@
-"""The run folder: where a training run keeps its resolved config, metrics and checkpoints.
+"""Reading runs back: a run folder's config, summary and metrics (`charlm runs`, `compare`, sweeps).
 
-RUN/config.yaml        the fully resolved config (defaults + file + overrides)
-RUN/metrics.jsonl      one JSON object per logged step
-RUN/checkpoints/       step-XXXXXXXX.safetensors (the newest few) and best.safetensors
-RUN/summary.json       written when the run ends: status (finished, interrupted, diverged,
-                       failed), budgets used, final scores (or the error)
-RUN/curves.png         train and val bpc against step, drawn when the run finishes
-RUN/tensorboard/       event files, only with train.tensorboard: true
+The folder's layout and every write to it belong to charlm.rundir.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import time
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,65 +13,14 @@ from typing import Any
 import yaml
 
 from charlm.errors import CharlmError
-
-CONFIG_NAME = "config.yaml"
-METRICS_NAME = "metrics.jsonl"
-SUMMARY_NAME = "summary.json"
-CHECKPOINT_DIR = "checkpoints"
-
-# What training and sweeps report as they go (progress, logs, checkpoints), for the CLI to show.
-Event = dict[str, Any]
-Callback = Callable[[Event], None]
-
-
-def default_run_dir(config_path: str | Path | None, root: str | Path = "runs") -> Path:
-    """`runs/<config name>-<YYYYmmdd-HHMMSS>`, with a counter if that exists already."""
-    name = Path(config_path).stem if config_path else "default"
-    base = Path(root) / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    path, n = base, 1
-    while path.exists():
-        n += 1
-        path = base.with_name(f"{base.name}-{n}")
-    return path
-
-
-def check_run_dir(path: Path) -> None:
-    """Refuse a run folder that exists with files in it, or that cannot be created."""
-    if path.exists() and not path.is_dir():
-        raise CharlmError(f"{path}: exists and is not a folder; expected a run folder (--out)")
-    if path.is_dir() and any(path.iterdir()):
-        raise CharlmError(
-            f"{path}: already holds files; choose a new --out folder (runs are never overwritten)"
-        )
-    parent = next((p for p in [path, *path.parents] if p.exists()), Path("."))
-    if not os.access(parent, os.W_OK):
-        raise CharlmError(f"{path}: cannot create the run folder ({parent} is not writable)")
-
-
-def prepare_run_dir(path: Path) -> Path:
-    """Create a new run folder (after `check_run_dir`), with its checkpoints folder."""
-    check_run_dir(path)
-    try:
-        (path / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise CharlmError(f"{path}: cannot create the run folder ({e.strerror})") from None
-    return path
-
-
-class MetricsLog:
-    """Append-only JSON lines, flushed per line so a crash loses at most the line in flight."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def write(self, row: dict[str, Any]) -> None:
-        try:
-            with self.path.open("a", encoding="utf-8") as f:
-                f.write(json.dumps(row) + "\n")
-        except OSError as e:
-            raise CharlmError(
-                f"{self.path}: could not append metrics ({e.strerror or e})"
-            ) from None
+from charlm.rundir import (
+    CHECKPOINT_DIR,
+    CONFIG_NAME,
+    METRICS_NAME,
+    SUMMARY_NAME,
+    Summary,
+    is_running,
+)
 
 
 def read_metrics(run: Path) -> list[dict[str, Any]]:
@@ -98,98 +37,6 @@ def read_metrics(run: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def write_json(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def check_resume_dir(path: Path) -> None:
-    """Refuse a resume target that is not an existing, writable run folder (before any loading)."""
-    if not path.exists():
-        raise CharlmError(f"{path}: no such run folder to resume (--resume)")
-    if not path.is_dir():
-        raise CharlmError(f"{path}: is a file; --resume expects a run folder")
-    ckpt_dir = path / CHECKPOINT_DIR
-    if not ckpt_dir.is_dir():
-        raise CharlmError(f"{path}: not a charlm run folder (no {CHECKPOINT_DIR}/ inside)")
-    for folder in (path, ckpt_dir):
-        if not os.access(folder, os.W_OK):
-            raise CharlmError(f"{folder}: is not writable; cannot resume training here")
-
-
-def rollback_metrics(run: Path, step: int) -> int:
-    """Drop metrics lines logged after `step` (and any line cut short by a crash).
-
-    A resumed run restarts from its checkpoint's step, so the lines after it belong to work that
-    is being redone; without them the file reads as one clean run. Returns the lines dropped.
-    """
-    path = run / METRICS_NAME
-    if not path.is_file():
-        return 0
-    lines = path.read_text(encoding="utf-8").splitlines()
-    kept = []
-    for line in lines:
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(row, dict) and int(row.get("step", 0)) <= step:
-            kept.append(line)
-    dropped = len(lines) - len(kept)
-    if dropped:
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-        os.replace(tmp, path)
-    return dropped
-
-
-# -- reading runs back (for `charlm runs`, `compare` and sweeps) ---------------------------------
-LOCK_NAME = ".running"
-
-
-@contextlib.contextmanager
-def running_lock(run_dir: Path) -> Iterator[None]:
-    """Hold an exclusive lock on RUN/.running while training.
-
-    The OS drops the lock when the process ends, however it ends, so a reader can tell a run in
-    progress from one that was killed. Without fcntl (Windows) runs are never shown as running.
-    """
-    try:
-        import fcntl
-    except ImportError:
-        yield
-        return
-    path = run_dir / LOCK_NAME
-    with path.open("w") as f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise CharlmError(f"{run_dir}: another process is training this run") from None
-        try:
-            yield
-        finally:
-            path.unlink(missing_ok=True)
-
-
-def is_running(run_dir: Path) -> bool:
-    """Whether some process holds the run's lock right now."""
-    path = run_dir / LOCK_NAME
-    try:
-        import fcntl
-
-        f = path.open()
-    except (ImportError, OSError):
-        return False
-    with f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except OSError:
-            return True
-        fcntl.flock(f, fcntl.LOCK_UN)
-    return False
-
-
 @dataclass
 class RunInfo:
     """What a run folder says about itself, read without torch: config, summary and metrics."""
@@ -198,20 +45,20 @@ class RunInfo:
     name: str
     status: str
     config: dict[str, dict[str, Any]]
-    summary: dict[str, Any]
+    summary: Summary | None  # None while the run has no summary.json
     metrics: list[dict[str, Any]]
     parameters: int | None
 
     @property
     def steps(self) -> int | None:
-        if "steps" in self.summary:
-            return int(self.summary["steps"])
+        if self.summary is not None and self.summary.steps is not None:
+            return int(self.summary.steps)
         return int(self.metrics[-1]["step"]) if self.metrics else None
 
     @property
     def elapsed_s(self) -> float | None:
-        if "elapsed_s" in self.summary:
-            return float(self.summary["elapsed_s"])
+        if self.summary is not None and self.summary.elapsed_s is not None:
+            return float(self.summary.elapsed_s)
         return float(self.metrics[-1]["elapsed_s"]) if self.metrics else None
 
     @property
@@ -220,14 +67,14 @@ class RunInfo:
 
     @property
     def best_val_bpc(self) -> float | None:
-        if self.summary.get("best_val_bpc") is not None:
-            return float(self.summary["best_val_bpc"])
+        if self.summary is not None and self.summary.best_val_bpc is not None:
+            return float(self.summary.best_val_bpc)
         points = [row["val_bpc"] for row in self.val_points]
         return min(points) if points else None
 
     @property
     def final_val_bpc(self) -> float | None:
-        final = self.summary.get("final_val")
+        final = self.summary.final_val if self.summary is not None else None
         if isinstance(final, dict) and "bpc" in final:
             return float(final["bpc"])
         points = self.val_points
@@ -235,8 +82,8 @@ class RunInfo:
 
     @property
     def chars_per_s(self) -> float | None:
-        if "chars_per_s" in self.summary:
-            return float(self.summary["chars_per_s"])
+        if self.summary is not None and self.summary.chars_per_s is not None:
+            return float(self.summary.chars_per_s)
         speeds = [row["chars_per_s"] for row in self.metrics if "chars_per_s" in row]
         return sum(speeds) / len(speeds) if speeds else None
 
@@ -265,7 +112,7 @@ class RunInfo:
             "chars_per_s": self.chars_per_s,
             "best_val_bpc": self.best_val_bpc,
             "final_val_bpc": self.final_val_bpc,
-            "error": self.summary.get("error"),
+            "error": self.summary.error if self.summary is not None else None,
         }
 
 
@@ -273,13 +120,13 @@ def is_run_dir(path: Path) -> bool:
     return (path / CONFIG_NAME).is_file()
 
 
-def read_summary(run: Path) -> dict[str, Any]:
-    """RUN/summary.json, or {} while the run has none (not finished, or cut off mid-write)."""
+def read_summary(run: Path) -> Summary | None:
+    """RUN/summary.json, or None while the run has none (not finished, or cut off mid-write)."""
     try:
         data = json.loads((run / SUMMARY_NAME).read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
+        return None
+    return Summary.from_dict(data)
 
 
 def _normalized(config: dict[str, Any]) -> dict[str, Any]:
@@ -309,10 +156,10 @@ def _checkpoint_parameters(run: Path) -> int | None:
     return None
 
 
-def run_status(run: Path, summary: dict[str, Any]) -> str:
+def run_status(run: Path, summary: Summary | None) -> str:
     """As summary.json says (finished, failed), else running while locked, else interrupted."""
-    if summary.get("status"):
-        return str(summary["status"])
+    if summary is not None:
+        return summary.status
     return "running" if is_running(run) else "interrupted"
 
 
@@ -328,7 +175,7 @@ def read_run(path: str | Path, name: str | None = None) -> RunInfo:
     if not isinstance(config, dict):
         raise CharlmError(f"{path / CONFIG_NAME}: expected a mapping of config sections")
     summary = read_summary(path)
-    parameters = summary.get("parameters")
+    parameters = summary.parameters if summary is not None else None
     return RunInfo(
         path=path,
         name=name or path.name,
@@ -354,19 +201,6 @@ def find_runs(root: str | Path) -> list[RunInfo]:
             continue
         found.append(read_run(run, name=run.relative_to(root).as_posix()))
     return found
-
-
-def write_failure(run_dir: Path, error: BaseException, steps: int, elapsed_s: float) -> None:
-    """Record why a run stopped early, so `charlm runs` can say `failed` and show the error."""
-    write_json(
-        run_dir / SUMMARY_NAME,
-        {
-            "status": "failed",
-            "error": f"{type(error).__name__}: {error}",
-            "steps": steps,
-            "elapsed_s": round(elapsed_s, 3),
-        },
-    )
 
 
 def collect_runs(paths: list[Path]) -> list[RunInfo]:

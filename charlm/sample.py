@@ -25,9 +25,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from charlm import stepper as steps
 from charlm.errors import CharlmError
 from charlm.model import CharLM
-from charlm.stepper import check_precision, choose_precision, make_stepper
+from charlm.precision import check_precision
+from charlm.stepper import make_stepper
 from charlm.vocab import Vocab
 
 
@@ -423,7 +425,7 @@ def resolve_precision(
     """
     if options.precision != "auto":
         return options, {}
-    chosen, timings = choose_precision(model, options.batch)
+    chosen, timings = steps.auto_precision(model, options.batch)
     return replace(options, precision=chosen), timings
 
 

@@ -41,16 +41,16 @@ bidirectional or projected layers, a stand-in module) falls back to calling `mod
 
 from __future__ import annotations
 
-import math
-import time
 from typing import Any, Protocol
 
 import torch
 from torch import nn
 
+from charlm import precision
 from charlm.cpu.packed import FixedWeight, Int8Unavailable, Int8Weight
 from charlm.errors import CharlmError
-from charlm.model import State, hardware_bf16
+from charlm.model import State
+from charlm.precision import SAMPLE_PRECISIONS, check_precision
 
 Tensor = torch.Tensor
 
@@ -69,16 +69,6 @@ class Stepper(Protocol):
     def reorder(self, state: Any, index: Tensor) -> Any:
         """The state of the streams `index` picks, in that order (beam search)."""
         ...
-
-
-PRECISIONS: dict[str, torch.dtype | None] = {
-    "fp32": None,
-    "bf16": torch.bfloat16,
-    "int8": torch.int8,
-}
-"""Sampling precisions: the dtype of the matrix products where it is not fp32 (state and gates
-stay fp32). int8 is the fast steppers' own, on the CPU: weights in int8 with a scale per output,
-each step's input quantized to 8 bits as it comes (charlm.cpu.packed.Int8Weight)."""
 
 
 class ModelStepper:
@@ -309,82 +299,6 @@ def _tanh(x: Tensor) -> Tensor:
     return s.add_(s).sub_(1)
 
 
-def check_precision(precision: str, auto: bool = True) -> None:
-    """Refuse a sampling precision the steppers do not have, naming the option (the sample and
-    eval commands call it before any work; `make_stepper` for every other caller). `auto` (the
-    fastest, timed) is for sampling; eval scores one named precision, so it passes auto=False."""
-    known = [*PRECISIONS, "auto"] if auto else list(PRECISIONS)
-    if precision not in known:
-        raise CharlmError(f"--precision {precision!r}: expected one of {', '.join(known)}")
-
-
-AUTO_MIN_SPEEDUP = 1.1
-"""`auto` leaves fp32 only for a precision whose timed step is at least this much faster: each
-of the others moves the probabilities a little, which a margin within the timing noise is not
-worth."""
-
-
-def choose_precision(
-    model: nn.Module, batch: int = 1, fast: bool = True, budget_s: float = 0.5
-) -> tuple[str, dict[str, float]]:
-    """-> (the precision `auto` samples in, seconds per step of each precision tried).
-
-    Why time rather than guess: whether bf16 or int8 steps are faster than fp32 depends on the
-    CPU (bf16 ran 1.2-1.4x fp32's speed on one AVX-512 BF16 machine and slower on another with
-    the same flag), the model's width and the batch (docs/benchmarks.md). Each precision the
-    device can run gets a stepper; all start from the same one-character prime and take steps in
-    alternating rounds, so a noisy machine slows them alike, and each one's fastest round counts.
-    Rounds stop after `budget_s` (at least two are run). The fastest precision at least
-    `AUTO_MIN_SPEEDUP` times as fast as fp32 wins, else fp32. The steps run on the caller's
-    threads: set those first.
-    """
-    device = next(model.parameters()).device
-    names = ["fp32"]
-    if hardware_bf16(device):
-        names.append("bf16")
-    if device.type == "cpu" and fast and _fast_ok(model):
-        names.append("int8")
-    runs: dict[str, tuple[Stepper, Any]] = {}
-    ids = torch.zeros(batch, dtype=torch.long, device=device)
-    with torch.inference_mode():
-        for name in names:
-            try:
-                stepper = make_stepper(model, fast, name)
-                _, state = stepper.start(ids.unsqueeze(1))
-                for _ in range(2):  # warm-up: packing, first-call allocations
-                    _, state = stepper.step(ids, state)
-            except CharlmError:  # e.g. no int8 kernels, or a model with no bf16 version here
-                continue
-            runs[name] = (stepper, state)
-        timings = {name: math.inf for name in runs}
-        steps = 8
-        began = time.perf_counter()
-        for round_ in range(8):
-            if round_ >= 2 and time.perf_counter() - began > budget_s:
-                break
-            for name, (stepper, state) in runs.items():
-                _sync(device)
-                start = time.perf_counter()
-                for _ in range(steps):
-                    _, state = stepper.step(ids, state)
-                _sync(device)
-                timings[name] = min(timings[name], (time.perf_counter() - start) / steps)
-                runs[name] = (stepper, state)
-    return pick_precision(timings), timings
-
-
-def pick_precision(timings: dict[str, float]) -> str:
-    """The fastest precision at least `AUTO_MIN_SPEEDUP` times as fast as fp32, else fp32."""
-    limit = timings["fp32"] / AUTO_MIN_SPEEDUP
-    faster = {name: t for name, t in timings.items() if name != "fp32" and t <= limit}
-    return min(faster, key=lambda name: faster[name]) if faster else "fp32"
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def make_stepper(
     model: nn.Module, fast: bool = True, precision: str = "fp32", batch: int = 1
 ) -> Stepper:
@@ -392,8 +306,8 @@ def make_stepper(
     takes `choose_precision`'s pick for steps of `batch` rows."""
     check_precision(precision)
     if precision == "auto":
-        precision = choose_precision(model, batch, fast)[0]
-    low = PRECISIONS[precision]
+        precision = auto_precision(model, batch, fast)[0]
+    low = SAMPLE_PRECISIONS[precision]
     if fast and _fast_ok(model):
         cell = model.config.cell
         try:
@@ -406,6 +320,15 @@ def make_stepper(
             "implementation have int8 steps; use --precision fp32"
         )
     return ModelStepper(model, low)
+
+
+def auto_precision(
+    model: nn.Module, batch: int = 1, fast: bool = True
+) -> tuple[str, dict[str, float]]:
+    """Sampling's `auto`: `precision.choose_precision` over the steppers this model can have."""
+    names = precision.sample_candidates(model, fast, _fast_ok(model))
+    build = lambda name: make_stepper(model, fast, name, batch)  # noqa: E731
+    return precision.choose_precision(model, build, names, batch)
 
 
 def _fast_ok(model: nn.Module) -> bool:

@@ -25,8 +25,9 @@ import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from charlm import events as ev
 from charlm.config import (
     SECTIONS,
     Config,
@@ -36,15 +37,11 @@ from charlm.config import (
     read_yaml,
 )
 from charlm.errors import CharlmError
-from charlm.runs import (
-    CHECKPOINT_DIR,
-    Callback,
-    RunInfo,
-    is_run_dir,
-    is_running,
-    read_run,
-    read_summary,
-)
+from charlm.rundir import CHECKPOINT_DIR, is_running
+from charlm.runs import RunInfo, is_run_dir, read_run, read_summary
+
+if TYPE_CHECKING:
+    from charlm.precision import TrainPrecision
 
 TOP_LEVEL_KEYS = ("description", "base", "set", "grid", "runs")
 BUDGET_KEYS = ("train.max_steps", "train.max_time")
@@ -263,8 +260,13 @@ def load_experiment(path: str | Path, overrides: Sequence[str] = ()) -> Experime
 
 
 # -- running it ----------------------------------------------------------------------------------
+def _status(run_dir: Path) -> str | None:
+    summary = read_summary(run_dir)
+    return summary.status if summary is not None else None
+
+
 def _finished(run_dir: Path) -> bool:
-    return read_summary(run_dir).get("status") == "finished"
+    return _status(run_dir) == "finished"
 
 
 def _config_changes(run_dir: Path, config: Config, ignore: Sequence[str] = ()) -> list[str]:
@@ -290,7 +292,7 @@ def _check_same_config(run_dir: Path, config: Config) -> None:
 
 def move_aside(run_dir: Path) -> Path:
     """Rename a run folder to `<name>.<status>-<n>` (status: interrupted, failed, diverged)."""
-    status = _safe(str(read_summary(run_dir).get("status") or "interrupted"))
+    status = _safe(_status(run_dir) or "interrupted")
     n = 1
     while (target := run_dir.with_name(f"{run_dir.name}.{status}-{n}")).exists():
         n += 1
@@ -304,9 +306,9 @@ def move_aside(run_dir: Path) -> Path:
 def _resumable(planned: PlannedRun, run_dir: Path) -> bool:
     """Interrupted (not failed), trained with the planned config, and with a checkpoint."""
     from charlm import checkpoint as ckpt
-    from charlm.train import RESUME_KEYS
+    from charlm.training import RESUME_KEYS
 
-    if read_summary(run_dir).get("status") not in (None, "interrupted"):
+    if _status(run_dir) not in (None, "interrupted"):
         return False
     if not is_run_dir(run_dir) or _config_changes(run_dir, planned.config, RESUME_KEYS):
         return False
@@ -314,14 +316,16 @@ def _resumable(planned: PlannedRun, run_dir: Path) -> bool:
     return checkpoint is not None
 
 
-def continue_unfinished(planned: PlannedRun, run_dir: Path, emit: Callback) -> None:
+def continue_unfinished(
+    planned: PlannedRun, run_dir: Path, emit: ev.Callback, precision: SharedPrecision
+) -> None:
     """Carry on with a run folder that holds no finished run.
 
     An interrupted run with a checkpoint is resumed from it, with the planned budget. Anything
     else (a failed or diverged run, one cut before its first checkpoint, or one trained with
     another config) is kept, moved aside, and the run is trained again from the start.
     """
-    from charlm.train import RESUME_KEYS, resume
+    from charlm.training import RESUME_KEYS, resume
 
     if _resumable(planned, run_dir):
         resolved = config_to_dict(planned.config)
@@ -333,22 +337,59 @@ def continue_unfinished(planned: PlannedRun, run_dir: Path, emit: Callback) -> N
         resume(run_dir, budget, on_event=emit)
         return
     moved = move_aside(run_dir)
-    emit({"event": "sweep_moved", "name": planned.name, "moved_to": str(moved)})
-    _train(planned, run_dir, emit)
+    emit(ev.SweepMoved(name=planned.name, moved_to=str(moved)))
+    _train(planned, run_dir, emit, precision)
 
 
-def _train(planned: PlannedRun, run_dir: Path, emit: Callback) -> None:
-    from charlm.train import train
+class SharedPrecision:
+    """`train.precision: auto` resolved once for the whole sweep, at the first run that trains
+    from the start, so every run of the sweep trains in the same precision (a timing per run
+    could pick differently for runs a comparison means to tell apart by their config alone).
+    A resumed run keeps the precision its checkpoint records."""
 
-    train(planned.config, run_dir, on_event=emit)
+    def __init__(self, emit: ev.Callback) -> None:
+        self.emit = emit
+        self.resolved: TrainPrecision | None = None
+
+    def for_run(self, config: Config) -> TrainPrecision | None:
+        """The resolution to pass to `train` for this run: None unless it asks for auto."""
+        if config.train.precision != "auto":
+            return None
+        if self.resolved is None:
+            self.resolved = resolve_sweep_precision(config)
+            self.emit(ev.SweepPrecision(self.resolved.name, self.resolved.probe))
+        return self.resolved
+
+
+def resolve_sweep_precision(config: Config) -> TrainPrecision:
+    """`auto` for the sweep, on the device and at the batch shape of `config`'s run."""
+    from charlm import precision as prec
+    from charlm.model import resolve_device
+    from charlm.training import prepare_data
+
+    device = resolve_device(config.train.device)
+    vocab = len(prepare_data(config).vocab)
+    t = config.train
+    return prec.resolve_train_precision(
+        "auto", config.model, vocab, t.batch_size, t.seq_len, device
+    )
+
+
+def _train(
+    planned: PlannedRun, run_dir: Path, emit: ev.Callback, precision: SharedPrecision
+) -> None:
+    from charlm.training import train
+
+    train(planned.config, run_dir, on_event=emit, precision=precision.for_run(planned.config))
 
 
 def run_sweep(
-    experiment: Experiment, out: str | Path, on_event: Callback | None = None
+    experiment: Experiment, out: str | Path, on_event: ev.Callback | None = None
 ) -> SweepResult:
     """Train every planned run not finished yet into `out/<name>`, then plot them side by side."""
     out = Path(out)
-    emit: Callback = on_event or (lambda event: None)
+    emit: ev.Callback = on_event or ev.ignore
+    precision = SharedPrecision(emit)
     if out.exists() and not out.is_dir():
         raise CharlmError(f"{out}: exists and is not a folder; expected the sweep's --out folder")
     if is_run_dir(out):
@@ -366,15 +407,14 @@ def run_sweep(
     total = len(experiment.runs)
     for index, planned in enumerate(experiment.runs, 1):
         run_dir = out / planned.name
-        header = {"event": "sweep_run", "index": index, "total": total, "name": planned.name}
         if _finished(run_dir):
-            emit({**header, "action": "skip"})
+            emit(ev.SweepRun(index, total, planned.name, "skip"))
         elif run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
-            emit({**header, "action": "continue"})
-            continue_unfinished(planned, run_dir, emit)
+            emit(ev.SweepRun(index, total, planned.name, "continue"))
+            continue_unfinished(planned, run_dir, emit, precision)
         else:
-            emit({**header, "action": "start"})
-            _train(planned, run_dir, emit)
+            emit(ev.SweepRun(index, total, planned.name, "start"))
+            _train(planned, run_dir, emit, precision)
     runs = [read_run(out / planned.name, name=planned.name) for planned in experiment.runs]
     plot: Path | None = None
     try:
@@ -382,5 +422,5 @@ def run_sweep(
 
         plot = plot_comparison(runs, out / COMPARE_PLOT)
     except Exception as e:  # the runs are what matters; a missing picture is only a warning
-        emit({"event": "warning", "message": f"could not draw {out / COMPARE_PLOT}: {e}"})
+        emit(ev.Warned(f"could not draw {out / COMPARE_PLOT}: {e}"))
     return SweepResult(out=out, runs=runs, plot=plot)

@@ -8,10 +8,9 @@ logger consumes the trainer's `log` events, so the training loop itself knows no
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
+from charlm import events as ev
 from charlm.errors import CharlmError
 
 TENSORBOARD_DIR = "tensorboard"
@@ -51,20 +50,20 @@ class TensorBoardLogger:
         # Indented by four spaces so TensorBoard's markdown shows it as a code block.
         self.writer.add_text("config", "    " + config_yaml.replace("\n", "\n    "), 0)
 
-    def handle(self, event: dict[str, Any]) -> None:
-        if event.get("event") != "log":
+    def handle(self, event: ev.Event) -> None:
+        if not isinstance(event, ev.Logged):
             return
-        step = int(event["step"])
+        row = event.row
         for key, tag in TAGS.items():
-            if key in event:
-                self.writer.add_scalar(tag, float(event[key]), step)
-        if "train_loss" in event:
-            self.writer.add_scalar("bpc/train", float(event["train_loss"]) / math.log(2), step)
+            if key in row:
+                self.writer.add_scalar(tag, float(row[key]), event.step)
+        if event.train_loss is not None:
+            self.writer.add_scalar("bpc/train", event.train_loss / math.log(2), event.step)
 
-    def wrap(self, callback: Callable[[dict[str, Any]], None]) -> Callable[[dict[str, Any]], None]:
+    def wrap(self, callback: ev.Callback) -> ev.Callback:
         """A callback that logs each event here, then passes it on to `callback`."""
 
-        def both(event: dict[str, Any]) -> None:
+        def both(event: ev.Event) -> None:
             self.handle(event)
             callback(event)
 

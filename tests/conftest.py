@@ -85,7 +85,7 @@ def tiny_config(corpus: Path, **extra: object) -> Config:
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One tiny run shared by the read-only tests (sample, eval, checkpoint loading)."""
-    from charlm.train import train
+    from charlm.training import train
 
     root = tmp_path_factory.mktemp("trained")
     corpus = root / "corpus.txt"

@@ -16,8 +16,9 @@ from charlm.config import ModelConfig
 from charlm.errors import CharlmError
 from charlm.evaluate import evaluate_ids
 from charlm.model import CharLM
+from charlm.precision import MIN_SPEEDUP, hardware_bf16, pick_precision
 from charlm.sample import SampleOptions, beam_search, generate, sample_batch
-from charlm.stepper import AUTO_MIN_SPEEDUP, choose_precision, pick_precision
+from charlm.stepper import auto_precision
 from charlm.vocab import Vocab
 
 VOCAB = Vocab(tuple("\nabcdefg"))
@@ -35,7 +36,7 @@ def tiny_model(cell: str = "gru") -> CharLM:
     [
         ({"fp32": 1.0}, "fp32"),
         ({"fp32": 1.0, "bf16": 0.95}, "fp32"),  # 1.05x: not worth moving the probabilities
-        ({"fp32": 1.0, "bf16": 1 / AUTO_MIN_SPEEDUP}, "bf16"),  # exactly the margin
+        ({"fp32": 1.0, "bf16": 1 / MIN_SPEEDUP}, "bf16"),  # exactly the margin
         ({"fp32": 1.0, "bf16": 0.95, "int8": 0.5}, "int8"),
         ({"fp32": 1.0, "bf16": 0.8, "int8": 0.85}, "bf16"),  # the fastest, not the narrowest
         ({"fp32": 1.0, "bf16": 2.0, "int8": math.inf}, "fp32"),
@@ -53,12 +54,12 @@ def test_choose_precision_times_what_the_device_runs_and_leaves_the_model_alone(
 ) -> None:
     model = tiny_model(cell)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    chosen, timings = choose_precision(model, batch=3)
+    chosen, timings = auto_precision(model, batch=3)
     assert "fp32" in timings and chosen in timings
     assert all(0 < t < 1 for t in timings.values())  # seconds per step of a 2x16 model
     assert chosen == pick_precision(timings)
     assert set(timings) <= {"fp32", "bf16", "int8"}
-    if not stepper_module.hardware_bf16(torch.device("cpu")):
+    if not hardware_bf16(torch.device("cpu")):
         assert "bf16" not in timings
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 
@@ -69,10 +70,10 @@ def test_choose_precision_skips_what_cannot_run(monkeypatch: pytest.MonkeyPatch)
         raise RuntimeError("no int8 kernels in this build")
 
     monkeypatch.setattr(stepper_module.torch, "quantize_per_channel", refuse)
-    chosen, timings = choose_precision(tiny_model("lstm"))
+    chosen, timings = auto_precision(tiny_model("lstm"))
     assert "int8" not in timings and chosen in timings
     # A model the fast path does not read never gets int8.
-    _, timings = choose_precision(tiny_model("lstm"), fast=False)
+    _, timings = auto_precision(tiny_model("lstm"), fast=False)
     assert "int8" not in timings
 
 
@@ -87,7 +88,7 @@ def test_auto_samples_exactly_as_the_precision_it_picks(
         batches.append(batch)
         return pick, {"fp32": 1.0, pick: 0.5}
 
-    monkeypatch.setattr(stepper_module, "choose_precision", fixed)
+    monkeypatch.setattr(stepper_module, "auto_precision", fixed)
     auto = sample_batch(
         model, VOCAB, "ab", SampleOptions(length=40, seed=5, num_samples=3, precision="auto")
     )

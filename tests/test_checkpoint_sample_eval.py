@@ -15,7 +15,7 @@ from charlm.errors import CharlmError
 from charlm.evaluate import evaluate_ids, evaluate_run
 from charlm.model import CharLM
 from charlm.sample import SampleOptions, filter_logits, generate, generate_batch
-from charlm.train import Trainer, prepare_data
+from charlm.training import Trainer, prepare_data
 
 
 def test_checkpoint_reload_gives_identical_logits(tmp_path: Path, corpus_file: Path) -> None:

@@ -164,3 +164,18 @@ def test_bare_charlm_shows_help_and_exits_0(
         main()
     assert info.value.code == 0
     assert capsys.readouterr().out.count("Usage") == 1  # shown once, not twice
+
+
+@pytest.mark.parametrize(("eval_interval", "shown"), [(5, True), (20, False)])
+def test_the_end_table_names_a_best_interval_eval_only_when_one_ran(
+    tmp_path: Path, corpus_file: Path, eval_interval: int, shown: bool
+) -> None:
+    run = tmp_path / "run"
+    overrides = tiny_overrides(
+        corpus_file, **{"train.max_steps": 10, "train.eval_interval": eval_interval}
+    )
+    result = runner.invoke(app, ["train", *overrides, "--out", str(run), "-q"])
+    assert result.exit_code == 0, result.output
+    assert ("(interval evals)" in result.stderr) is shown
+    assert "final val bpc" in result.stderr
+    assert "final eval on all" in result.stderr  # the plain log says the run is finishing

@@ -16,10 +16,11 @@ from conftest import make_text, tiny_config
 from matplotlib import image
 from typer.testing import CliRunner
 
+from charlm import events as ev
 from charlm.cli import app
 from charlm.errors import CharlmError
 from charlm.runs import collect_runs, compare_runs, find_runs, read_summary
-from charlm.train import train
+from charlm.training import train
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TEN_STEPS = {"train.max_steps": 10, "train.eval_interval": 5}
@@ -101,12 +102,13 @@ def test_runs_lists_finished_failed_and_interrupted_runs(
     def boom(self: Any, full: bool) -> Any:
         raise RuntimeError("boom at the first eval")
 
-    monkeypatch.setattr("charlm.train.Trainer.evaluate", boom)
+    monkeypatch.setattr("charlm.training.loop.Trainer.evaluate", boom)
     with pytest.raises(RuntimeError):
         train(tiny_config(corpus, **TEN_STEPS), folder / "broken")
     summary = read_summary(folder / "broken")
-    assert summary["status"] == "failed" and "boom at the first eval" in summary["error"]
-    assert summary["steps"] == 5
+    assert summary is not None and summary.status == "failed"
+    assert summary.error is not None and "boom at the first eval" in summary.error
+    assert summary.steps == 5
     (folder / "cut").mkdir()
     (folder / "cut" / "config.yaml").write_text("model: {cell: gru}\n", encoding="utf-8")
 
@@ -137,11 +139,12 @@ def test_a_plotting_failure_is_a_warning_not_a_lost_run(
         raise RuntimeError("no fonts today")
 
     monkeypatch.setattr("charlm.plots.plot_curves", broken_plot)
-    events: list[dict[str, Any]] = []
+    events: list[ev.Event] = []
     result = train(tiny_config(corpus_file, **TEN_STEPS), tmp_path / "run", events.append)
     assert result.steps == 10
-    assert read_summary(tmp_path / "run")["status"] == "finished"
-    warnings = [e["message"] for e in events if e["event"] == "warning"]
+    summary = read_summary(tmp_path / "run")
+    assert summary is not None and summary.status == "finished"
+    warnings = [e.message for e in events if isinstance(e, ev.Warned)]
     assert warnings == ["could not draw curves.png: no fonts today"]
 
 

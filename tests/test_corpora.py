@@ -18,6 +18,7 @@ from conftest import SHAKESPEARE, make_text, tiny_config
 from typer.testing import CliRunner
 
 from charlm import cache
+from charlm import events as ev
 from charlm.batches import RandomBatcher
 from charlm.cli import app
 from charlm.config import DataConfig, load_config
@@ -26,7 +27,7 @@ from charlm.errors import CharlmError
 from charlm.evaluate import evaluate_run
 from charlm.fetch import KNOWN
 from charlm.runs import read_metrics
-from charlm.train import TrainingInterrupted, prepare_data, resume, train
+from charlm.training import TrainingInterrupted, prepare_data, resume, train
 from charlm.vocab import Vocab
 
 runner = CliRunner()
@@ -255,8 +256,8 @@ def test_random_batching_resumes_exactly(tmp_path: Path) -> None:
     baseline, run = tmp_path / "baseline", tmp_path / "run"
     train(tiny_config(corpus, **RANDOM), baseline)
 
-    def stop_at_13(event: dict[str, object]) -> None:
-        if event["event"] == "log" and event["step"] == 13:
+    def stop_at_13(event: ev.Event) -> None:
+        if isinstance(event, ev.Logged) and event.step == 13:
             os.kill(os.getpid(), signal.SIGINT)
 
     with pytest.raises(TrainingInterrupted):

@@ -24,7 +24,7 @@ from charlm.checkpoint import load_checkpoint, step_checkpoints
 from charlm.cli import app
 from charlm.evaluate import evaluate_run
 from charlm.runs import read_metrics
-from charlm.train import resume, train
+from charlm.training import resume, train
 
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 

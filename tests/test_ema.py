@@ -11,7 +11,7 @@ from test_trust_resume import EXACT, losses
 
 from charlm.checkpoint import load_checkpoint, load_model, step_checkpoints
 from charlm.runs import read_metrics
-from charlm.train import Trainer, resume, train
+from charlm.training import Trainer, resume, train
 
 STEPS = {"train.max_steps": 4, "train.checkpoint_interval": 1, "train.keep_last": 10}
 

@@ -122,7 +122,7 @@ def test_eval_window_on_a_run_and_on_the_command_line(trained_run: Path) -> None
     from charlm.checkpoint import load_model
     from charlm.cli import app
     from charlm.evaluate import evaluate_run
-    from charlm.train import prepare_data
+    from charlm.training import prepare_data
 
     loaded = load_model(trained_run, "cpu")
     data = prepare_data(loaded.config)

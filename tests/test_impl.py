@@ -14,6 +14,7 @@ import pytest
 import torch
 from conftest import tiny_config
 
+from charlm import events as ev
 from charlm.checkpoint import load_checkpoint, load_model
 from charlm.config import load_config
 from charlm.errors import CharlmError
@@ -21,7 +22,7 @@ from charlm.evaluate import evaluate_run
 from charlm.model import CharLM
 from charlm.runs import read_metrics
 from charlm.sample import SampleOptions, generate
-from charlm.train import TrainingInterrupted, resume, train
+from charlm.training import TrainingInterrupted, resume, train
 
 
 def test_fused_with_reset_before_is_a_config_error() -> None:
@@ -102,8 +103,8 @@ def test_reference_training_end_to_end_and_resume(tmp_path: Path, corpus_file: P
 
     part = tmp_path / "part"
 
-    def stop_at_10(event: dict[str, object]) -> None:
-        if event["event"] == "log" and event["step"] == 10:
+    def stop_at_10(event: ev.Event) -> None:
+        if isinstance(event, ev.Logged) and event.step == 10:
             os.kill(os.getpid(), signal.SIGINT)
 
     with pytest.raises(TrainingInterrupted):

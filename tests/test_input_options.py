@@ -15,7 +15,7 @@ from charlm.config import DataConfig, load_config
 from charlm.corpus import load_corpus
 from charlm.errors import CharlmError
 from charlm.sample import encode_prime
-from charlm.train import prepare_data
+from charlm.training import prepare_data
 from charlm.vocab import UNKNOWN_CHAR, Vocab
 
 runner = CliRunner()
@@ -182,7 +182,7 @@ def test_sample_and_eval_go_on_with_skip(trained_run: Path, tmp_path: Path) -> N
 
 def test_run_trained_with_min_char_count(tmp_path: Path) -> None:
     """A model with an unknown symbol: its own split scores, and `replace` works at sample/eval."""
-    from charlm.train import train
+    from charlm.training import train
 
     corpus = tmp_path / "c.txt"
     corpus.write_text(make_text(6000) + "ж", encoding="utf-8")

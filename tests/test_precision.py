@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -11,7 +12,8 @@ from conftest import tiny_config
 
 from charlm.checkpoint import load_checkpoint
 from charlm.errors import CharlmError
-from charlm.train import Trainer, train
+from charlm.precision import autocast, set_matmul_precision
+from charlm.training import Trainer, resume, train
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the CPU refusal")
@@ -38,10 +40,11 @@ def test_bf16_forward_really_runs_in_bf16(tmp_path: Path, corpus_file: Path) -> 
     config = tiny_config(corpus_file, **{"train.precision": "bf16", "model.impl": "reference"})
     trainer = Trainer(config, tmp_path)
     x = torch.zeros(2, 4, dtype=torch.long)
-    with trainer.autocast():
+    with autocast(trainer.precision.name, trainer.device):
         logits, _ = trainer.model(x)
     assert logits.dtype == torch.bfloat16
-    with Trainer(tiny_config(corpus_file), tmp_path).autocast():
+    plain = Trainer(tiny_config(corpus_file), tmp_path)
+    with autocast(plain.precision.name, plain.device):
         logits, _ = trainer.model(x)
     assert logits.dtype == torch.float32
 
@@ -61,10 +64,12 @@ def test_bf16_on_the_fused_lstm_trains_or_says_why(tmp_path: Path, corpus_file: 
 def test_auto_precision_follows_the_hardware_and_is_recorded(
     tmp_path: Path, corpus_file: Path, monkeypatch: pytest.MonkeyPatch, native: bool
 ) -> None:
-    import charlm.train as train_module
+    import charlm.precision as precision_module
 
-    monkeypatch.setattr(train_module, "native_bf16", lambda device, model: native)
-    monkeypatch.setattr(train_module, "time_bf16_step", lambda *args: (2.0, 1.0))
+    monkeypatch.setattr(precision_module, "native_bf16", lambda device, model: native)
+    monkeypatch.setattr(
+        precision_module, "time_train_step", lambda *args: {"fp32": 2.0, "bf16": 1.0}
+    )
     extra = {"train.precision": "auto", "train.max_steps": 10, "train.eval_interval": 10}
     result = train(tiny_config(corpus_file, **extra), tmp_path / "run")
     want = "bf16" if native else "fp32"
@@ -80,17 +85,19 @@ def test_auto_on_the_cpu_is_bf16_where_onednn_has_it_and_it_times_faster(
     tmp_path: Path, corpus_file: Path, monkeypatch: pytest.MonkeyPatch, bf16_s: float
 ) -> None:
     """A flag is not a speed-up: bf16 only where a timed step (fp32 1.0 s here) wins by 1.1x."""
-    import charlm.train as train_module
+    import charlm.precision as precision_module
 
-    monkeypatch.setattr(train_module, "time_bf16_step", lambda *args: (1.0, bf16_s))
+    monkeypatch.setattr(
+        precision_module, "time_train_step", lambda *args: {"fp32": 1.0, "bf16": bf16_s}
+    )
     config = tiny_config(corpus_file, **{"train.precision": "auto"})
     trainer = Trainer(config, tmp_path)
     native = bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()) and bf16_s == 0.5
-    assert trainer.precision == ("bf16" if native else "fp32")
+    assert trainer.precision.name == ("bf16" if native else "fp32")
     if torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        assert trainer.precision_probe == {"fp32_step_s": 1.0, "bf16_step_s": bf16_s}
+        assert trainer.precision.probe == {"fp32_step_s": 1.0, "bf16_step_s": bf16_s}
     x = torch.zeros(2, 4, dtype=torch.long)
-    with trainer.autocast():
+    with autocast(trainer.precision.name, trainer.device):
         logits, _ = trainer.model(x)
     assert logits.dtype == (torch.bfloat16 if native else torch.float32)
 
@@ -99,26 +106,26 @@ def test_auto_keeps_fp32_where_the_bf16_forward_fails(
     tmp_path: Path, corpus_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A CPU that reports bf16 but whose kernel refuses it still trains, in fp32."""
-    import charlm.train as train_module
+    import charlm.precision as precision_module
 
-    monkeypatch.setattr(train_module, "hardware_bf16", lambda device: True)
-    monkeypatch.setattr(train_module, "_bf16_forward_runs", lambda config, device: False)
+    monkeypatch.setattr(precision_module, "hardware_bf16", lambda device: True)
+    monkeypatch.setattr(precision_module, "bf16_forward_runs", lambda config, device: False)
     trainer = Trainer(tiny_config(corpus_file, **{"train.precision": "auto"}), tmp_path)
-    assert trainer.precision == "fp32"
+    assert trainer.precision.name == "fp32"
 
 
 def test_the_timed_probe_gives_each_precision_a_step_time(corpus_file: Path) -> None:
     """Real timings, on a throwaway model: both positive, and the run's random streams kept."""
-    from charlm.train import time_bf16_step
+    from charlm.precision import time_train_step
 
     config = tiny_config(corpus_file)
     before = torch.get_rng_state()
     if not bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()):
         pytest.skip("this CPU has no AVX-512 BF16: auto never times bf16 here")
-    fp32_s, bf16_s = time_bf16_step(config.model, 12, 4, 16, torch.device("cpu"))
-    assert 0 < fp32_s < 10 and 0 < bf16_s < 10
-    once = time_bf16_step(config.model, 12, 4, 16, torch.device("cpu"), budget_s=0.0)
-    assert all(0 < s < 10 for s in once)  # a spent budget still times each precision once
+    timings = time_train_step(config.model, 12, 4, 16, torch.device("cpu"))
+    assert set(timings) == {"fp32", "bf16"} and all(0 < s < 10 for s in timings.values())
+    once = time_train_step(config.model, 12, 4, 16, torch.device("cpu"), budget_s=0.0)
+    assert all(0 < s < 10 for s in once.values())  # a spent budget still times each precision once
     assert torch.equal(torch.get_rng_state(), before)
 
 
@@ -128,3 +135,75 @@ def test_resolving_auto_leaves_the_random_streams_alone(tmp_path: Path, corpus_f
     after_fp32 = torch.get_rng_state()
     Trainer(tiny_config(corpus_file, **{"train.precision": "auto"}), tmp_path / "b")
     assert torch.equal(torch.get_rng_state(), after_fp32)
+
+
+def _probe(monkeypatch: pytest.MonkeyPatch, answers: list[dict[str, float]]) -> list[int]:
+    """Make `auto` see bf16 hardware and time steps as `answers` say, in turn; -> the calls."""
+    import charlm.precision as precision_module
+
+    calls: list[int] = []
+
+    def timed(*args: object, **kwargs: object) -> dict[str, float]:
+        calls.append(len(calls))
+        return answers[(len(calls) - 1) % len(answers)]
+
+    monkeypatch.setattr(precision_module, "native_bf16", lambda device, model: True)
+    monkeypatch.setattr(precision_module, "time_train_step", timed)
+    return calls
+
+
+def test_a_resumed_auto_run_keeps_its_precision_and_is_never_timed_again(
+    tmp_path: Path, corpus_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run = tmp_path / "run"
+    calls = _probe(monkeypatch, [{"fp32": 2.0, "bf16": 1.0}, {"fp32": 1.0, "bf16": 2.0}])
+    extra = {"train.precision": "auto", "model.impl": "reference", "train.max_steps": 10}
+    train(tiny_config(corpus_file, **{**extra, "train.checkpoint_interval": 10}), run)
+    assert calls == [0]
+    head = (run / "config.yaml").read_text().splitlines()[0]
+    assert head == "# train.precision: auto resolved to bf16 for this run"
+    result = resume(run, ["train.max_steps=20"])
+    assert calls == [0]  # a fresh probe would have said fp32; the resume did not ask
+    record = load_checkpoint(result.last_checkpoint).record
+    assert record["step"] == 20 and record["precision"] == "bf16"
+    assert record["precision_probe"] == {"fp32_step_s": 2.0, "bf16_step_s": 1.0}
+    assert json.loads((run / "summary.json").read_text())["precision"] == "bf16"
+    assert (run / "config.yaml").read_text().splitlines()[0] == head
+
+
+def test_the_carried_state_stays_fp32_under_bf16(tmp_path: Path, corpus_file: Path) -> None:
+    """The hidden state carried between batches (and checkpointed) is fp32 whatever autocast
+    computes in, so a bf16 run resumes on a CPU in fp32 without feeding bf16 to the LSTM."""
+    extra = {"train.precision": "bf16", "model.impl": "reference", "train.max_steps": 6}
+    result = train(tiny_config(corpus_file, **extra), tmp_path / "run")
+    saved = load_checkpoint(result.last_checkpoint).group("state")
+    assert saved and all(t.dtype == torch.float32 for t in saved.values())
+    # The fused LSTM under autocast returns its state in the low dtype (where oneDNN has it);
+    # a stand-in that does so everywhere shows what the step carries on.
+    trainer = Trainer(tiny_config(corpus_file, **extra), tmp_path / "other")
+    model = trainer.model
+
+    class LowState(torch.nn.Module):
+        def forward(self, x: torch.Tensor, state: Any) -> Any:
+            logits, new = model(x, state)
+            return logits, tuple(s.to(torch.bfloat16) for s in new)
+
+    trainer.step_fn.net = LowState()
+    x = torch.zeros(8, 32, dtype=torch.long)
+    done = trainer.step_fn.backward(x, x, trainer.hidden.state)
+    assert all(s.dtype == torch.float32 for s in done.state)
+
+
+@pytest.mark.parametrize(("precision", "tf32"), [("fp32", False), ("bf16", True), ("fp16", True)])
+def test_fp32_on_a_gpu_turns_tf32_off(precision: str, tf32: bool) -> None:
+    """The switches are plain flags, so this holds without a GPU; on the CPU nothing changes."""
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    before = (matmul.allow_tf32, cudnn.allow_tf32)
+    try:
+        matmul.allow_tf32 = cudnn.allow_tf32 = not tf32
+        set_matmul_precision(precision, torch.device("cpu"))
+        assert (matmul.allow_tf32, cudnn.allow_tf32) == (not tf32, not tf32)
+        set_matmul_precision(precision, torch.device("cuda"))
+        assert (matmul.allow_tf32, cudnn.allow_tf32) == (tf32, tf32)
+    finally:
+        matmul.allow_tf32, cudnn.allow_tf32 = before

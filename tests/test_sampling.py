@@ -455,7 +455,7 @@ def test_each_decoder_takes_only_its_own_options() -> None:
 def test_resolve_precision_times_auto_once_at_the_decoders_batch(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import charlm.sample as sample_module
+    import charlm.stepper as stepper_module
 
     model = random_model("lstm")
     batches: list[int] = []
@@ -464,7 +464,7 @@ def test_resolve_precision_times_auto_once_at_the_decoders_batch(
         batches.append(batch)
         return "int8", {"fp32": 1.0, "int8": 0.5}
 
-    monkeypatch.setattr(sample_module, "choose_precision", fixed)
+    monkeypatch.setattr(stepper_module, "auto_precision", fixed)
     named = SampleOptions(precision="bf16", num_samples=2)
     assert resolve_precision(model, named) == (named, {})
     options, timings = resolve_precision(model, SampleOptions(precision="auto", num_samples=3))

@@ -12,11 +12,12 @@ import yaml
 from conftest import make_text, tiny_overrides
 from typer.testing import CliRunner
 
+from charlm import events as ev
 from charlm.cli import app
 from charlm.errors import CharlmError
 from charlm.runs import find_runs, is_running, read_summary
 from charlm.sweep import load_experiment, run_sweep
-from charlm.train import TrainingInterrupted
+from charlm.training import TrainingInterrupted
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -172,6 +173,11 @@ def test_a_command_line_override_of_a_swept_key_is_refused(tmp_path: Path) -> No
 
 
 # -- running, skipping, restarting ---------------------------------------------------------------
+def status(run: Path) -> str | None:
+    summary = read_summary(run)
+    return summary.status if summary is not None else None
+
+
 class Interrupt:
     """An on_event callback that presses Ctrl-C at the first log line of one run."""
 
@@ -181,12 +187,12 @@ class Interrupt:
         self.run_dir = Path()
         self.was_running = False
 
-    def __call__(self, event: dict[str, Any]) -> None:
-        if event["event"] == "sweep_run":
-            self.current = event["name"]
-        if event["event"] == "start":
-            self.run_dir = Path(event["run_dir"])
-        if event["event"] == "log" and self.current == self.at_run:
+    def __call__(self, event: ev.Event) -> None:
+        if isinstance(event, ev.SweepRun):
+            self.current = event.name
+        if isinstance(event, ev.Started):
+            self.run_dir = Path(event.run_dir)
+        if isinstance(event, ev.Logged) and self.current == self.at_run:
             self.was_running = is_running(self.run_dir)
             raise KeyboardInterrupt
 
@@ -204,16 +210,16 @@ def test_a_sweep_cut_before_a_checkpoint_skips_finished_runs_and_restarts_the_cu
         run_sweep(experiment, out, on_event=stop)
     assert stop.was_running  # the lock said "running" while it trained
     first_summary = (out / "cell=lstm" / "summary.json").read_bytes()
-    assert read_summary(out / "cell=lstm")["status"] == "finished"
-    assert read_summary(out / "cell=gru") == {}
+    assert status(out / "cell=lstm") == "finished"
+    assert read_summary(out / "cell=gru") is None
     statuses = {run.name: run.status for run in find_runs(out)}
     assert statuses == {"cell=lstm": "finished", "cell=gru": "interrupted"}
 
-    events: list[dict[str, Any]] = []
+    events: list[ev.Event] = []
     result = run_sweep(load_experiment(path), out, on_event=events.append)
-    actions = [e["action"] for e in events if e["event"] == "sweep_run"]
+    actions = [e.action for e in events if isinstance(e, ev.SweepRun)]
     assert actions == ["skip", "continue"]
-    assert sum(e["event"] == "start" for e in events) == 1  # only the cut run trained again
+    assert sum(isinstance(e, ev.Started) for e in events) == 1  # only the cut run trained again
     assert (out / "cell=lstm" / "summary.json").read_bytes() == first_summary
     moved = out / "cell=gru.interrupted-1"
     assert (moved / "config.yaml").is_file() and (moved / "metrics.jsonl").is_file()
@@ -229,24 +235,25 @@ def test_a_sweep_stopped_by_ctrl_c_resumes_the_cut_run_from_its_checkpoint(
     out = tmp_path / "out"
     current = ""
 
-    def press_ctrl_c(event: dict[str, Any]) -> None:
+    def press_ctrl_c(event: ev.Event) -> None:
         nonlocal current
-        current = event.get("name", current) if event["event"] == "sweep_run" else current
-        if event["event"] == "log" and current == "cell=gru" and event["step"] == 5:
+        current = event.name if isinstance(event, ev.SweepRun) else current
+        if isinstance(event, ev.Logged) and current == "cell=gru" and event.step == 5:
             os.kill(os.getpid(), signal.SIGINT)  # the trainer saves a checkpoint and stops
 
     with pytest.raises(TrainingInterrupted):
         run_sweep(load_experiment(path), out, on_event=press_ctrl_c)
-    assert read_summary(out / "cell=gru")["status"] == "interrupted"
+    assert status(out / "cell=gru") == "interrupted"
 
-    events: list[dict[str, Any]] = []
+    events: list[ev.Event] = []
     result = run_sweep(load_experiment(path), out, on_event=events.append)
-    assert [e["action"] for e in events if e["event"] == "sweep_run"] == ["skip", "continue"]
-    assert [e["step"] for e in events if e["event"] == "resume"] == [5]
-    assert not any(e["event"] == "sweep_moved" for e in events)
+    assert [e.action for e in events if isinstance(e, ev.SweepRun)] == ["skip", "continue"]
+    assert [e.step for e in events if isinstance(e, ev.Resumed)] == [5]
+    assert not any(isinstance(e, ev.SweepMoved) for e in events)
     assert not list(out.glob("cell=gru.*"))  # resumed in place, nothing moved aside
     assert [run.status for run in result.runs] == ["finished", "finished"]
-    assert read_summary(out / "cell=gru")["steps"] == 10
+    summary = read_summary(out / "cell=gru")
+    assert summary is not None and summary.steps == 10
     steps = [row["step"] for row in result.runs[1].metrics]
     assert steps == sorted(set(steps)) and steps[-1] == 10  # one clean log, no repeats
 
@@ -257,7 +264,7 @@ def test_a_finished_run_trained_with_another_config_is_not_taken_as_done(
     path = write_experiment(tmp_path, {"set": tiny_set(small_corpus), "runs": [{}]})
     out = tmp_path / "out"
     run_sweep(load_experiment(path), out)
-    assert read_summary(out / "base")["status"] == "finished"
+    assert status(out / "base") == "finished"
     with pytest.raises(CharlmError, match=r"different config \(train.lr\)"):
         run_sweep(load_experiment(path, ["train.lr=0.5"]), out)
 
@@ -294,3 +301,29 @@ def test_cli_sweep_runs_then_skips_and_reports_bad_files_in_one_line(
     assert result.exit_code == 1
     assert "error:" in result.output and "did you mean model.cell?" in result.output
     assert "Traceback" not in result.output
+
+
+def test_every_run_of_a_sweep_trains_in_the_precision_auto_resolved_once(
+    tmp_path: Path, small_corpus: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A timing per run could pick bf16 for one and fp32 for the next (the probe here alternates);
+    the sweep times once and every run uses that pick."""
+    import charlm.precision as precision_module
+
+    answers = [{"fp32": 2.0, "bf16": 1.0}, {"fp32": 1.0, "bf16": 2.0}]
+    calls: list[int] = []
+
+    def timed(*args: object, **kwargs: object) -> dict[str, float]:
+        calls.append(1)
+        return answers[(len(calls) - 1) % 2]
+
+    monkeypatch.setattr(precision_module, "native_bf16", lambda device, model: True)
+    monkeypatch.setattr(precision_module, "time_train_step", timed)
+    settings = tiny_set(small_corpus, **{"train.precision": "auto", "model.impl": "reference"})
+    path = write_experiment(tmp_path, {"set": settings, "grid": {"model.cell": ["lstm", "gru"]}})
+    events: list[ev.Event] = []
+    result = run_sweep(load_experiment(path), tmp_path / "out", on_event=events.append)
+    assert len(calls) == 1
+    assert [e.precision for e in events if isinstance(e, ev.SweepPrecision)] == ["bf16"]
+    assert [e.precision for e in events if isinstance(e, ev.Started)] == ["bf16", "bf16"]
+    assert [run.summary.precision for run in result.runs if run.summary] == ["bf16", "bf16"]

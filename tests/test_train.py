@@ -13,10 +13,11 @@ import pytest
 import torch
 from conftest import tiny_config
 
+from charlm import events as ev
 from charlm.config import ModelConfig, load_config
 from charlm.errors import CharlmError
 from charlm.model import CharLM
-from charlm.train import lr_at, train
+from charlm.training import lr_at, prepare_data, train
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
@@ -187,3 +188,43 @@ def test_keep_freed_memory_ends_the_page_faults_of_reallocated_buffers() -> None
     # By default 2,800-12,300 of the 12,288 pages faulted again every round (it varies with
     # glibc's dynamic thresholds, so it is not asserted); with the setting, almost none.
     assert float(after) < pages / 100, f"{after} faults per round after, {before} before"
+
+
+def test_the_final_whole_split_eval_is_reported_and_timed(
+    tmp_path: Path, corpus_file: Path
+) -> None:
+    events: list[ev.Event] = []
+    extra = {"train.eval_chars": 100, "train.max_steps": 10, "train.eval_interval": 5}
+    result = train(tiny_config(corpus_file, **extra), tmp_path / "run", events.append)
+    val_chars = len(prepare_data(tiny_config(corpus_file)).splits.val)
+    kinds = [type(e) for e in events]
+    first = kinds.index(ev.FinalEvalStarted)
+    assert kinds[first + 1] is ev.FinalEvalFinished and kinds.count(ev.FinalEvalStarted) == 1
+    assert kinds.index(ev.Ended) > first
+    started = events[first]
+    assert isinstance(started, ev.FinalEvalStarted) and started.chars == val_chars
+    finished = events[first + 1]
+    assert isinstance(finished, ev.FinalEvalFinished)
+    assert finished.loss == result.final_val.loss and result.final_val.chars == val_chars - 1
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["final_eval_s"] == round(result.final_eval_s, 3)
+    assert result.final_eval_s >= finished.seconds  # the last interval eval's time, and its own
+    assert summary["interval_evals"] == result.interval_evals == 2
+
+
+def test_eval_chars_covering_most_of_val_scores_the_whole_split_once_at_the_end(
+    tmp_path: Path, corpus_file: Path
+) -> None:
+    """At >= 90% of val the interval evals take the whole split, so the end of the run scores it
+    once instead of scoring almost the same text twice."""
+    val_chars = len(prepare_data(tiny_config(corpus_file)).splits.val)
+    events: list[ev.Event] = []
+    extra = {"train.eval_chars": int(0.95 * val_chars), "train.max_steps": 10}
+    result = train(tiny_config(corpus_file, **extra), tmp_path / "run", events.append)
+    scored = [e.row for e in events if isinstance(e, ev.Logged) and "val_loss" in e.row]
+    assert len(scored) == 1 and "final_val_loss" not in scored[0]
+    assert scored[0]["val_loss"] == result.final_val.loss
+    assert result.final_val.chars == val_chars - 1
+    assert sum(isinstance(e, ev.FinalEvalFinished) for e in events) == 1
+    assert result.final_eval_s == result.final_val.seconds
+    assert result.interval_evals == 0  # 10 steps never reach eval_interval=20

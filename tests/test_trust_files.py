@@ -24,7 +24,8 @@ from typer.testing import CliRunner
 from charlm import checkpoint as ckpt
 from charlm.cli import app
 from charlm.errors import CharlmError
-from charlm.train import Trainer, TrainingDiverged, resume, train
+from charlm.training import Trainer, TrainingDiverged, resume, train
+from charlm.training.step import DeferredCheck, TrainStep
 
 runner = CliRunner()
 SHORT = {"train.max_steps": 25, "train.checkpoint_interval": 10, "train.eval_interval": 10}
@@ -124,19 +125,21 @@ def _poison(
     monkeypatch: pytest.MonkeyPatch, at_step: int, kind: str, seen: dict[str, torch.Tensor]
 ) -> None:
     """From step `at_step` on, return a NaN loss, or a finite loss with NaN gradients."""
-    real = Trainer.compute_loss
+    real = TrainStep.compute_loss
+    calls = [0]
 
-    def compute_loss(self: Trainer, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        loss = real(self, x, y)
-        if self.step + 1 < at_step:
-            return loss
+    def compute_loss(self: TrainStep, x: torch.Tensor, y: torch.Tensor, state: Any) -> Any:
+        loss, state = real(self, x, y, state)
+        calls[0] += 1  # one forward per step: this is step calls[0]
+        if calls[0] < at_step:
+            return loss, state
         seen.update({k: v.clone() for k, v in self.model.state_dict().items()})
         if kind == "loss":
-            return loss * float("nan")
+            return loss * float("nan"), state
         weight = self.model.head.weight
-        return loss + torch.sqrt((weight * 0).abs().sum())  # value 0, gradient NaN
+        return loss + torch.sqrt((weight * 0).abs().sum()), state  # value 0, gradient NaN
 
-    monkeypatch.setattr(Trainer, "compute_loss", compute_loss)
+    monkeypatch.setattr(TrainStep, "compute_loss", compute_loss)
 
 
 @pytest.mark.parametrize("kind", ["loss", "gradient"])
@@ -173,7 +176,7 @@ def test_deferred_check_without_per_step_sync_stops_before_anything_bad_is_saved
 
     def init(self: Trainer, *args: Any, **kwargs: Any) -> None:
         real_init(self, *args, **kwargs)
-        self.deferred_check = True
+        self.deferred = DeferredCheck(self.device)
 
     monkeypatch.setattr(Trainer, "__init__", init)
     _poison(monkeypatch, 13, kind, {})

@@ -23,11 +23,12 @@ import torch
 from conftest import tiny_config, tiny_overrides
 from typer.testing import CliRunner
 
+from charlm import events as ev
 from charlm.checkpoint import load_checkpoint, save_checkpoint, step_checkpoints
 from charlm.cli import app
 from charlm.errors import CharlmError
 from charlm.runs import read_metrics
-from charlm.train import TrainingInterrupted, resume, train
+from charlm.training import TrainingInterrupted, resume, train
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # Two layers with dropout, so the torch RNG stream matters; a log line every step.
@@ -126,8 +127,8 @@ def test_stop_then_resume_in_a_new_process_matches_uninterrupted(
 ) -> None:
     run = tmp_path / "run"
 
-    def stop_at_13(event: dict[str, object]) -> None:
-        if event["event"] == "log" and event["step"] == 13:
+    def stop_at_13(event: ev.Event) -> None:
+        if isinstance(event, ev.Logged) and event.step == 13:
             os.kill(os.getpid(), signal.SIGINT)
 
     before = signal.getsignal(signal.SIGINT)
@@ -167,13 +168,10 @@ def test_sigkill_between_checkpoints_resumes_from_the_last_one(
     newest = step_checkpoints(run / "checkpoints")[-1][0]
     assert newest < killed_at  # some logged steps are lost and must be redone
 
-    events: list[dict[str, object]] = []
+    events: list[ev.Event] = []
     resume(run, on_event=events.append)
-    assert {
-        "event": "resume",
-        "path": str(run / "checkpoints" / f"step-{newest:08d}.safetensors"),
-        "step": newest,
-    } in events
+    path = str(run / "checkpoints" / f"step-{newest:08d}.safetensors")
+    assert ev.Resumed(path=path, step=newest) in events
     assert_same_run(run, baseline)  # also: each step logged once, lost lines dropped
 
 
@@ -299,7 +297,7 @@ def _no_data(*args: object, **kwargs: object) -> None:
 def test_missing_resume_target_is_reported_before_loading_data(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("charlm.train.prepare_data", _no_data)
+    monkeypatch.setattr("charlm.training.loop.prepare_data", _no_data)
     code, out = cli("train", "--resume", str(tmp_path / "nope"))
     assert code == 1 and "no such run folder to resume" in out
     (tmp_path / "empty").mkdir()
@@ -313,7 +311,7 @@ def test_missing_resume_target_is_reported_before_loading_data(
 def test_unwritable_folders_are_reported_before_loading_data(
     corpus: Path, baseline: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("charlm.train.prepare_data", _no_data)
+    monkeypatch.setattr("charlm.training.loop.prepare_data", _no_data)
     locked = tmp_path / "locked"
     locked.mkdir()
     run = tmp_path / "run"
@@ -322,7 +320,7 @@ def test_unwritable_folders_are_reported_before_loading_data(
     real_access = os.access
     # Simulated, so the test also means something when it runs as root.
     monkeypatch.setattr(
-        "charlm.runs.os.access",
+        "charlm.rundir.os.access",
         lambda path, mode: False if Path(path) in read_only else real_access(path, mode),
     )
     code, out = cli("train", *tiny_overrides(corpus), "--out", str(locked / "run"))

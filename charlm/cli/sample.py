@@ -230,7 +230,7 @@ def eval_command(
     a total row; its JSON is the total's numbers plus a "files" list.
     """
     from charlm.evaluate import evaluate_run
-    from charlm.stepper import check_precision
+    from charlm.precision import check_precision
     from charlm.vocab import check_unknown_policy
 
     if split not in ("val", "test", "train"):

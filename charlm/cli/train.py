@@ -56,10 +56,10 @@ def train(
     from charlm import distributed
     from charlm.config import load_config
     from charlm.cpu.memory import keep_freed_memory
-    from charlm.runs import default_run_dir
-    from charlm.train import TrainingInterrupted
-    from charlm.train import resume as resume_training
-    from charlm.train import train as run_training
+    from charlm.rundir import default_run_dir
+    from charlm.training import TrainingInterrupted
+    from charlm.training import resume as resume_training
+    from charlm.training import train as run_training
 
     config_path, overrides = split_train_args(args or [])
     _check_resume(resume, config_path, out)
@@ -117,7 +117,7 @@ def _launch(
 ) -> int:
     """`--nproc N`: run this command in N torchrun processes; their exit code."""
     from charlm import distributed
-    from charlm.runs import default_run_dir
+    from charlm.rundir import default_run_dir
 
     if distributed.launched_by_torchrun():
         raise CharlmError("--nproc: already running under torchrun; drop --nproc")
@@ -162,7 +162,7 @@ def sweep(
     from charlm.cpu.memory import keep_freed_memory
     from charlm.runs import compare_runs
     from charlm.sweep import default_sweep_dir, load_experiment, run_sweep
-    from charlm.train import TrainingInterrupted
+    from charlm.training import TrainingInterrupted
 
     path, overrides = split_train_args(args)
     if path is None:

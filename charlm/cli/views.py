@@ -57,44 +57,53 @@ class ProgressView:
         if self.progress is not None:
             self.progress.__exit__(*exc)
 
-    def handle(self, event: dict[str, Any]) -> None:
-        kind = event["event"]
-        if kind == "start":
-            self.max_steps, self.max_time = event["max_steps"], event["max_time"]
+    def handle(self, event: Any) -> None:
+        from charlm import events as ev
+
+        if isinstance(event, ev.Started):
+            self.max_steps, self.max_time = event.max_steps, event.max_time
             err.print(_start_line(event), markup=False)
             if self.progress is not None:
                 self.task = self.progress.add_task("train", total=1000, status="starting")
-        elif kind == "log":
+        elif isinstance(event, ev.Logged):
             self._log(event)
-        elif kind == "resume":
-            err.print(f"resuming from {event['path']} (step {event['step']:,})", markup=False)
-        elif kind == "warning":
-            err.print(f"warning: {event['message']}", markup=False, soft_wrap=True)
+        elif isinstance(event, ev.FinalEvalStarted):
+            status = f"final eval on all {event.chars:,} val chars"
+            if self.progress is not None:
+                self.progress.update(self.task, completed=1000, status=status)
+            else:
+                err.print(f"{status} ...", markup=False)
+        elif isinstance(event, ev.FinalEvalFinished) and self.progress is None:
+            err.print(f"final val bpc {event.bpc:.4f} | {event.seconds:.1f}s", markup=False)
+        elif isinstance(event, ev.Resumed):
+            err.print(f"resuming from {event.path} (step {event.step:,})", markup=False)
+        elif isinstance(event, ev.Warned):
+            err.print(f"warning: {event.message}", markup=False, soft_wrap=True)
 
-    def _log(self, event: dict[str, Any]) -> None:
-        if "val_bpc" in event:
-            self.last_bpc = f"{event['val_bpc']:.3f}"
-        train_loss = event.get("train_loss")
+    def _log(self, event: Any) -> None:
+        if event.val_bpc is not None:
+            self.last_bpc = f"{event.val_bpc:.3f}"
+        train_loss, speed = event.train_loss, event.chars_per_s
         status = (
-            f"step {event['step']:,}"
+            f"step {event.step:,}"
             + (f" | loss {train_loss:.3f}" if train_loss is not None else "")
             + f" | val bpc {self.last_bpc}"
-            + (f" | {event['chars_per_s']:,.0f} chars/s" if "chars_per_s" in event else "")
+            + (f" | {speed:,.0f} chars/s" if speed is not None else "")
         )
         if self.progress is None:
-            err.print(f"{status} | {event['elapsed_s']:.1f}s", markup=False)
+            err.print(f"{status} | {event.elapsed_s:.1f}s", markup=False)
             return
         fractions = [0.0]
         if self.max_steps:
-            fractions.append(event["step"] / self.max_steps)
+            fractions.append(event.step / self.max_steps)
         if self.max_time:
-            fractions.append(event["elapsed_s"] / self.max_time)
+            fractions.append(event.elapsed_s / self.max_time)
         self.progress.update(self.task, completed=1000 * min(1.0, max(fractions)), status=status)
 
 
-def _start_line(event: dict[str, Any]) -> str:
+def _start_line(event: Any) -> str:
     """The line a run starts with: folder, device, precision (and auto's timings), sizes."""
-    probe = event.get("precision_probe")
+    probe = event.precision_probe
     timed = (
         f" (auto: a step took {probe['fp32_step_s'] * 1e3:.0f} ms in fp32, "
         f"{probe['bf16_step_s'] * 1e3:.0f} ms in bf16)"
@@ -102,10 +111,10 @@ def _start_line(event: dict[str, Any]) -> str:
         else ""
     )
     return (
-        f"run {event['run_dir']} | {event['device']} {event['precision']}{timed}"
-        f" | {event['parameters']:,} parameters"
-        f" | vocab {event['vocab_size']} | train {event['train_chars']:,} chars"
-        f" | val {event['val_chars']:,} chars"
+        f"run {event.run_dir} | {event.device} {event.precision}{timed}"
+        f" | {event.parameters:,} parameters"
+        f" | vocab {event.vocab_size} | train {event.train_chars:,} chars"
+        f" | val {event.val_chars:,} chars"
     )
 
 
@@ -121,33 +130,37 @@ class SweepView:
             self.view.__exit__(None, None, None)
             self.view = None
 
-    def handle(self, event: dict[str, Any]) -> None:
-        kind = event["event"]
-        if kind == "sweep_run":
+    def handle(self, event: Any) -> None:
+        from charlm import events as ev
+
+        if isinstance(event, ev.SweepRun):
             self.close()
             what = {"skip": "finished already, skipped", "start": "starting"}
-            line = f"[{event['index']}/{event['total']}] {event['name']}: "
-            err.print(line + what.get(event["action"], "unfinished"), markup=False)
-        elif kind == "resume":
-            err.print(f"  resuming from {event['path']} (step {event['step']:,})", markup=False)
-        elif kind == "sweep_moved":
+            line = f"[{event.index}/{event.total}] {event.name}: "
+            err.print(line + what.get(event.action, "unfinished"), markup=False)
+        elif isinstance(event, ev.Resumed):
+            err.print(f"  resuming from {event.path} (step {event.step:,})", markup=False)
+        elif isinstance(event, ev.SweepMoved):
             err.print(
-                f"  kept the unfinished run as {event['moved_to']}; starting it again",
+                f"  kept the unfinished run as {event.moved_to}; starting it again",
                 markup=False,
             )
-        elif kind == "start":
+        elif isinstance(event, ev.SweepPrecision):
+            err.print(f"precision: auto resolved to {event.precision} for every run", markup=False)
+        elif isinstance(event, ev.Started):
             self.view = ProgressView(self.plain).__enter__()
             self.view.handle(event)
-        elif kind == "end":
+        elif isinstance(event, ev.Ended):
             self.close()
+            summary = event.summary
             err.print(
-                f"  done: best val bpc {event['best_val_bpc']:.4f} in {event['steps']:,} steps",
+                f"  done: best val bpc {summary.best_val_bpc:.4f} in {summary.steps:,} steps",
                 markup=False,
             )
         elif self.view is not None:
             self.view.handle(event)
-        elif kind == "warning":
-            err.print(f"warning: {event['message']}", markup=False)
+        elif isinstance(event, ev.Warned):
+            err.print(f"warning: {event.message}", markup=False)
 
 
 # ---------------------------------------------------------------------------------- tables
@@ -173,9 +186,11 @@ def train_table(result: Any) -> Table:
         "final val bpc",
         f"{final.bpc:.4f} (loss {final.loss:.4f}) on all {final.chars + 1:,} val chars",
     )
-    table.add_row(
-        "best val bpc", f"{result.best_val_bpc:.4f} at step {result.best_step:,} (interval evals)"
-    )
+    if result.interval_evals:
+        table.add_row(
+            "best val bpc",
+            f"{result.best_val_bpc:.4f} at step {result.best_step:,} (interval evals)",
+        )
     table.add_row("next", f"charlm sample {result.run_dir}")
     return table
 

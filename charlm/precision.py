@@ -1,0 +1,292 @@
+"""Precision: what the hardware has, which precisions training and sampling offer, and `auto`.
+
+One timing probe (`time_candidates`) and one threshold (`MIN_SPEEDUP`) serve both `auto`s:
+training times a forward and backward in fp32 and bf16, sampling times a stepper's step in each
+precision it can run. Whether a low precision is faster depends on the CPU, the model's width and
+the batch (docs/benchmarks.md), so on a CPU `auto` times rather than guesses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from charlm.config import ModelConfig
+from charlm.errors import CharlmError
+from charlm.model import CharLM
+
+TRAIN_PRECISIONS: dict[str, torch.dtype | None] = {
+    "fp32": None,
+    "bf16": torch.bfloat16,
+    "fp16": torch.float16,
+}
+"""Training precisions: the autocast dtype of the forward pass (None: plain fp32)."""
+
+SAMPLE_PRECISIONS: dict[str, torch.dtype | None] = {
+    "fp32": None,
+    "bf16": torch.bfloat16,
+    "int8": torch.int8,
+}
+"""Sampling precisions: the dtype of the matrix products where it is not fp32 (state and gates
+stay fp32). int8 is the fast steppers' own, on the CPU: weights in int8 with a scale per output,
+each step's input quantized to 8 bits as it comes (charlm.cpu.packed.Int8Weight). `auto` times
+the ones the device runs (`choose_precision`)."""
+
+MIN_SPEEDUP = 1.1
+"""`auto` leaves fp32 only for a precision whose timed step is at least this much faster: a low
+precision moves the numbers a little, which a margin within the timing noise is not worth. For
+training on a CPU, AVX-512 BF16 alone does not say: on a 2-core AMD EPYC bf16 steps ran 1.3x
+fp32's; on a 2-core Xeon with the same flag but no AMX exposed, 0.7-0.9x (docs/benchmarks.md)."""
+
+
+def hardware_bf16(device: torch.device) -> bool:
+    """bf16 arithmetic in the hardware: a CUDA GPU's own, or oneDNN's AVX-512 BF16 / AMX."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def bf16_forward_runs(model_config: ModelConfig, device: torch.device) -> bool:
+    """Whether a two-character model of this layout runs forward under bf16 autocast here."""
+    with torch.random.fork_rng(devices=[]):  # the probe's weights leave the run's RNG as it was
+        probe = CharLM(model_config, 2).to(device)
+    try:
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            probe(torch.zeros(1, 1, dtype=torch.long, device=device))
+    except RuntimeError:
+        return False
+    return True
+
+
+def native_bf16(device: torch.device, model_config: ModelConfig) -> bool:
+    """Whether `train.precision: auto` may train this model in bf16 on `device`: the hardware has
+    bf16 arithmetic and the model runs in it. Elsewhere oneDNN either refuses the fused cell or
+    emulates bf16, which is slower than fp32, so auto keeps fp32."""
+    return hardware_bf16(device) and bf16_forward_runs(model_config, device)
+
+
+# -- the one timing probe and the one pick ------------------------------------------------------
+def time_candidates(
+    steps: Mapping[str, Callable[[], None]],
+    device: torch.device,
+    budget_s: float,
+    max_rounds: int = 8,
+) -> dict[str, float]:
+    """-> each candidate's fastest seconds per call, timed in alternating rounds.
+
+    One warm-up call each, then rounds in which every candidate runs once, so a noisy machine
+    slows them alike; rounds stop after `budget_s` (at least two are timed) or `max_rounds`.
+    """
+    best = {name: math.inf for name in steps}
+    for step in steps.values():
+        step()
+    began = time.perf_counter()
+    for round_ in range(max_rounds):
+        if round_ >= 2 and time.perf_counter() - began > budget_s:
+            break
+        for name, step in steps.items():
+            _sync(device)
+            start = time.perf_counter()
+            step()
+            _sync(device)
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best
+
+
+def pick_precision(timings: dict[str, float]) -> str:
+    """The fastest precision at least `MIN_SPEEDUP` times as fast as fp32, else fp32."""
+    limit = timings["fp32"] / MIN_SPEEDUP
+    faster = {name: t for name, t in timings.items() if name != "fp32" and t <= limit}
+    return min(faster, key=lambda name: faster[name]) if faster else "fp32"
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# -- training -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TrainPrecision:
+    """A run's resolved precision, and the probe's seconds per step when `auto` timed one."""
+
+    name: str
+    probe: dict[str, float] | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "probe": self.probe}
+
+
+def time_train_step(
+    model_config: ModelConfig,
+    vocab_size: int,
+    batch: int,
+    seq_len: int,
+    device: torch.device,
+    budget_s: float = 2.0,
+) -> dict[str, float]:
+    """-> {"fp32": s, "bf16": s}: one forward and backward of this model at this batch shape.
+
+    A throwaway model with its own weights (the run's random streams are left as they were),
+    timed by `time_candidates` for up to three rounds (a big model's step is slow enough to time
+    once the budget is spent).
+    """
+    with torch.random.fork_rng(devices=[]):
+        probe = CharLM(model_config, vocab_size).to(device)
+        x = torch.randint(vocab_size, (batch, seq_len), device=device)
+
+        def step(low: bool) -> Callable[[], None]:
+            def run() -> None:
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=low):
+                    logits, _ = probe(x)
+                loss = F.cross_entropy(logits.reshape(-1, vocab_size).float(), x.reshape(-1))
+                loss.backward()
+                probe.zero_grad(set_to_none=True)
+
+            return run
+
+        return time_candidates(
+            {"fp32": step(False), "bf16": step(True)}, device, budget_s, max_rounds=3
+        )
+
+
+def resolve_train_precision(
+    requested: str,
+    model_config: ModelConfig,
+    vocab_size: int,
+    batch: int,
+    seq_len: int,
+    device: torch.device,
+    agree_any: Callable[[bool], bool] = lambda ok: ok,
+) -> TrainPrecision:
+    """Check the precision a run asks for on this device; resolve `auto` (done once per run).
+
+    `auto` takes bf16 where the hardware has it and the model runs in it; on a CPU only if a
+    timed step is `MIN_SPEEDUP` faster as well. `agree_any` makes every process of a run take
+    bf16 if any timed it faster, so all train alike.
+    """
+    check_train_precision(requested, model_config, device)
+    if requested != "auto":
+        return TrainPrecision(requested)
+    if not native_bf16(device, model_config):
+        return TrainPrecision("fp32")
+    if device.type != "cpu":
+        return TrainPrecision("bf16")
+    timings = time_train_step(model_config, vocab_size, batch, seq_len, device)
+    faster = agree_any(pick_precision(timings) == "bf16")
+    probe = {"fp32_step_s": timings["fp32"], "bf16_step_s": timings["bf16"]}
+    return TrainPrecision("bf16" if faster else "fp32", probe)
+
+
+def check_train_precision(precision: str, model_config: ModelConfig, device: torch.device) -> None:
+    """Refuse up front a training precision this device cannot train in."""
+    if precision not in (*TRAIN_PRECISIONS, "auto"):
+        raise CharlmError(
+            f"train.precision: {precision!r}: expected one of auto, {', '.join(TRAIN_PRECISIONS)}"
+        )
+    if precision == "fp16" and device.type != "cuda":
+        raise CharlmError(
+            "train.precision: 'fp16' needs a CUDA GPU (it trains with a gradient scaler "
+            "there); on the CPU use fp32 or bf16"
+        )
+    if precision == "bf16" and device.type == "cpu" and not bf16_forward_runs(model_config, device):
+        raise CharlmError(
+            "train.precision: 'bf16' is not supported by this CPU's fused "
+            f"{model_config.cell.upper()} kernel (oneDNN needs AVX-512 BF16 for it);"
+            " use fp32, auto, or model.impl=reference"
+        )
+
+
+def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager[Any]:
+    """A training forward pass's precision: plain fp32, or autocast to bf16 / fp16."""
+    dtype = TRAIN_PRECISIONS[precision]
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def set_matmul_precision(precision: str, device: torch.device) -> None:
+    """Make "fp32" mean fp32 on a GPU: TF32 off for matrix products and cuDNN in fp32 runs.
+
+    TF32 rounds fp32 products' inputs to 10 mantissa bits; left to the library default, an fp32
+    run's numbers would depend on the GPU generation. Under bf16 / fp16 autocast the low products
+    are the low dtype's anyway, and the fp32 parts (the loss, the optimizer) may use TF32, which
+    is as precise as the rest of such a step. The setting is process-wide; on a CPU it is left
+    alone (TF32 is a GPU format).
+    """
+    if device.type != "cuda":
+        return
+    strict = precision == "fp32"
+    torch.backends.cuda.matmul.allow_tf32 = not strict
+    torch.backends.cudnn.allow_tf32 = not strict
+
+
+# -- sampling -----------------------------------------------------------------------------------
+def check_precision(precision: str, auto: bool = True) -> None:
+    """Refuse a sampling precision the steppers do not have, naming the option (the sample and
+    eval commands call it before any work; `make_stepper` for every other caller). `auto` (the
+    fastest, timed) is for sampling; eval scores one named precision, so it passes auto=False."""
+    known = [*SAMPLE_PRECISIONS, "auto"] if auto else list(SAMPLE_PRECISIONS)
+    if precision not in known:
+        raise CharlmError(f"--precision {precision!r}: expected one of {', '.join(known)}")
+
+
+def sample_candidates(model: nn.Module, fast: bool, fast_ok: bool) -> list[str]:
+    """The sampling precisions worth timing for this model on its device."""
+    device = next(model.parameters()).device
+    names = ["fp32"]
+    if hardware_bf16(device):
+        names.append("bf16")
+    if device.type == "cpu" and fast and fast_ok:
+        names.append("int8")
+    return names
+
+
+def choose_precision(
+    model: nn.Module,
+    build: Callable[[str], Any],
+    names: list[str],
+    batch: int = 1,
+    budget_s: float = 0.5,
+) -> tuple[str, dict[str, float]]:
+    """-> (the precision sampling's `auto` takes, seconds per step of each precision tried).
+
+    `build(name)` makes a stepper (charlm.stepper.make_stepper); a precision whose stepper
+    cannot be built or started here (no int8 kernels, no bf16 version) is left out. All start
+    from the same one-character prime and step in `time_candidates`' alternating rounds of eight
+    steps. The steps run on the caller's threads: set those first.
+    """
+    device = next(model.parameters()).device
+    ids = torch.zeros(batch, dtype=torch.long, device=device)
+    runs: dict[str, Callable[[], None]] = {}
+    with torch.inference_mode():
+        for name in names:
+            try:
+                stepper = build(name)
+                _, state = stepper.start(ids.unsqueeze(1))
+                _, state = stepper.step(ids, state)  # packing, first-call allocations
+            except CharlmError:
+                continue
+            runs[name] = _eight_steps(stepper, state, ids)
+        per_round = time_candidates(runs, device, budget_s)
+    timings = {name: seconds / 8 for name, seconds in per_round.items()}
+    return pick_precision(timings), timings
+
+
+def _eight_steps(stepper: Any, state: Any, ids: torch.Tensor) -> Callable[[], None]:
+    """Eight sampling steps that carry their state from one call to the next."""
+    box = [state]
+
+    def run() -> None:
+        for _ in range(8):
+            _, box[0] = stepper.step(ids, box[0])
+
+    return run

@@ -1,0 +1,247 @@
+"""The run folder: where a training run keeps its resolved config, metrics and checkpoints.
+
+RUN/config.yaml        the fully resolved config (defaults + file + overrides)
+RUN/metrics.jsonl      one JSON object per logged step
+RUN/checkpoints/       step-XXXXXXXX.safetensors (the newest few) and best.safetensors
+RUN/summary.json       written when the run ends (`Summary`): status (finished, interrupted,
+                       diverged, failed), budgets used, final scores (or the error)
+RUN/curves.png         train and val bpc against step, drawn when the run finishes
+RUN/tensorboard/       event files, only with train.tensorboard: true
+RUN/.running           locked while a process trains the run
+
+This module writes the folder; charlm.runs reads runs back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from charlm.errors import CharlmError
+
+CONFIG_NAME = "config.yaml"
+METRICS_NAME = "metrics.jsonl"
+SUMMARY_NAME = "summary.json"
+CHECKPOINT_DIR = "checkpoints"
+LOCK_NAME = ".running"
+
+
+def default_run_dir(config_path: str | Path | None, root: str | Path = "runs") -> Path:
+    """`runs/<config name>-<YYYYmmdd-HHMMSS>`, with a counter if that exists already."""
+    name = Path(config_path).stem if config_path else "default"
+    base = Path(root) / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    path, n = base, 1
+    while path.exists():
+        n += 1
+        path = base.with_name(f"{base.name}-{n}")
+    return path
+
+
+def check_run_dir(path: Path) -> None:
+    """Refuse a run folder that exists with files in it, or that cannot be created."""
+    if path.exists() and not path.is_dir():
+        raise CharlmError(f"{path}: exists and is not a folder; expected a run folder (--out)")
+    if path.is_dir() and any(path.iterdir()):
+        raise CharlmError(
+            f"{path}: already holds files; choose a new --out folder (runs are never overwritten)"
+        )
+    parent = next((p for p in [path, *path.parents] if p.exists()), Path("."))
+    if not os.access(parent, os.W_OK):
+        raise CharlmError(f"{path}: cannot create the run folder ({parent} is not writable)")
+
+
+def prepare_run_dir(path: Path) -> Path:
+    """Create a new run folder (after `check_run_dir`), with its checkpoints folder."""
+    check_run_dir(path)
+    try:
+        (path / CHECKPOINT_DIR).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CharlmError(f"{path}: cannot create the run folder ({e.strerror})") from None
+    return path
+
+
+def check_resume_dir(path: Path) -> None:
+    """Refuse a resume target that is not an existing, writable run folder (before any loading)."""
+    if not path.exists():
+        raise CharlmError(f"{path}: no such run folder to resume (--resume)")
+    if not path.is_dir():
+        raise CharlmError(f"{path}: is a file; --resume expects a run folder")
+    ckpt_dir = path / CHECKPOINT_DIR
+    if not ckpt_dir.is_dir():
+        raise CharlmError(f"{path}: not a charlm run folder (no {CHECKPOINT_DIR}/ inside)")
+    for folder in (path, ckpt_dir):
+        if not os.access(folder, os.W_OK):
+            raise CharlmError(f"{folder}: is not writable; cannot resume training here")
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write a JSON file whole or not at all (a temporary file, then a rename)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def write_config(run_dir: Path, config_yaml: str, precision: str | None = None) -> None:
+    """RUN/config.yaml: written when a run starts, and on resume only when the resume changed a
+    key (a budget or the device); otherwise the file already says what the checkpoint says.
+
+    `precision` is what `train.precision: auto` resolved to: the config keeps the `auto` the
+    user asked for (so a sweep still recognises its run), and a comment on top records the
+    precision the run trains in, which every checkpoint and summary.json also hold.
+    """
+    head = f"# train.precision: auto resolved to {precision} for this run\n" if precision else ""
+    path = run_dir / CONFIG_NAME
+    text = head + config_yaml
+    with contextlib.suppress(OSError):
+        if path.read_text(encoding="utf-8") == text:
+            return
+    path.write_text(text, encoding="utf-8")
+
+
+class MetricsLog:
+    """Append-only JSON lines, flushed per line so a crash loses at most the line in flight."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def write(self, row: dict[str, Any]) -> None:
+        try:
+            with self.path.open("a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+        except OSError as e:
+            raise CharlmError(
+                f"{self.path}: could not append metrics ({e.strerror or e})"
+            ) from None
+
+
+def rollback_metrics(run: Path, step: int) -> int:
+    """Drop metrics lines logged after `step` (and any line cut short by a crash).
+
+    A resumed run restarts from its checkpoint's step, so the lines after it belong to work that
+    is being redone; without them the file reads as one clean run. Returns the lines dropped.
+    """
+    path = run / METRICS_NAME
+    if not path.is_file():
+        return 0
+    lines = path.read_text(encoding="utf-8").splitlines()
+    kept = []
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if isinstance(row, dict) and int(row.get("step", 0)) <= step:
+            kept.append(line)
+    dropped = len(lines) - len(kept)
+    if dropped:
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        os.replace(tmp, path)
+    return dropped
+
+
+@contextlib.contextmanager
+def running_lock(run_dir: Path) -> Iterator[None]:
+    """Hold an exclusive lock on RUN/.running while training.
+
+    The OS drops the lock when the process ends, however it ends, so a reader can tell a run in
+    progress from one that was killed. Without fcntl (Windows) runs are never shown as running.
+    """
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    path = run_dir / LOCK_NAME
+    with path.open("w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            raise CharlmError(f"{run_dir}: another process is training this run") from None
+        try:
+            yield
+        finally:
+            path.unlink(missing_ok=True)
+
+
+def is_running(run_dir: Path) -> bool:
+    """Whether some process holds the run's lock right now."""
+    path = run_dir / LOCK_NAME
+    try:
+        import fcntl
+
+        f = path.open()
+    except (ImportError, OSError):
+        return False
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError:
+            return True
+        fcntl.flock(f, fcntl.LOCK_UN)
+    return False
+
+
+Status = Literal["finished", "interrupted", "diverged", "failed"]
+
+
+@dataclass
+class Summary:
+    """RUN/summary.json: how a run ended, one shape for every ending (fields that do not apply
+    to it are left out of the file). Written by `write_summary` alone; read back by
+    `Summary.from_dict`, which takes a summary of any age (missing fields are None)."""
+
+    status: Status
+    steps: int | None = None
+    elapsed_s: float | None = None
+    chars_per_s: float | None = None
+    eval_s: float | None = None  # of elapsed_s, the interval evals' seconds
+    step_chars_per_s: float | None = None
+    final_eval_s: float | None = None  # the whole-split eval after the clock stopped
+    interval_evals: int | None = None  # how many interval evals ran (best_* come from them)
+    precision: str | None = None
+    precision_probe: dict[str, float] | None = None
+    parameters: int | None = None
+    final_val: dict[str, Any] | None = None
+    best_val_loss: float | None = None
+    best_val_bpc: float | None = None
+    best_step: int | None = None
+    last_checkpoint: str | None = None
+    best_checkpoint: str | None = None
+    step: int | None = None  # diverged: the step whose loss or gradient was not finite
+    signal: str | None = None  # interrupted: SIGINT or SIGTERM
+    resume: str | None = None  # interrupted: the command that continues the run
+    error: str | None = None  # failed: what stopped it
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Summary | None:
+        """The summary a file holds, or None for something that is not one."""
+        if not isinstance(data, dict) or not isinstance(data.get("status"), str):
+            return None
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def write_summary(run_dir: Path, summary: Summary) -> None:
+    """The one writer of RUN/summary.json."""
+    write_json(run_dir / SUMMARY_NAME, summary.to_dict())
+
+
+def failure_summary(error: BaseException, steps: int, elapsed_s: float) -> Summary:
+    """Why a run stopped early, so `charlm runs` can say `failed` and show the error."""
+    return Summary(
+        status="failed",
+        error=f"{type(error).__name__}: {error}",
+        steps=steps,
+        elapsed_s=round(elapsed_s, 3),
+    )

@@ -1,0 +1,457 @@
+"""The training loop: data -> model -> AdamW -> metrics, evals and checkpoints in a run folder.
+
+The learning rate is a pure function of the step (or of elapsed time when only a time budget
+bounds the run), so it needs no state of its own. The arithmetic of a step is charlm.training.step,
+what a checkpoint holds is charlm.training.state; here are the schedule, the cadence of logs,
+evals and saves, stop signals, and the decisions every process of a run must take together.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from charlm import checkpoint as ckpt
+from charlm import distributed
+from charlm import events as ev
+from charlm import precision as prec
+from charlm.batches import make_batcher
+from charlm.config import Config
+from charlm.distributed import Dist
+from charlm.evaluate import EvalResult, evaluate_ids
+from charlm.model import CharLM, resolve_device
+from charlm.rundir import CHECKPOINT_DIR, METRICS_NAME, MetricsLog, Summary, write_summary
+from charlm.training import state as st
+from charlm.training.data import prepare_data
+from charlm.training.outcome import (
+    TrainingDiverged,
+    TrainingInterrupted,
+    TrainResult,
+    diverged_message,
+    finished_summary,
+)
+from charlm.training.signals import StopSignals
+from charlm.training.step import (
+    FUSED_ADAMW,
+    Backward,
+    DeferredCheck,
+    TrainStep,
+    adamw,
+    averaged_copy,
+    batch_to,
+)
+
+WHOLE_SPLIT_SHARE = 0.9
+"""When train.eval_chars covers at least this share of the val split, every eval scores the whole
+split: the end of the run would otherwise score almost the same text twice."""
+
+
+def lr_at(config: Config, step: int, elapsed: float) -> float:
+    """Linear warm-up, then cosine decay to lr * min_lr_ratio over the run's budget.
+
+    Progress is measured in steps when `max_steps` is set, else in seconds of `max_time`.
+    """
+    t = config.train
+    if step < t.warmup_steps:
+        return t.lr * (step + 1) / t.warmup_steps
+    if t.max_steps is not None:
+        span = max(1, t.max_steps - t.warmup_steps)
+        progress = (step - t.warmup_steps) / span
+    else:
+        assert t.max_time is not None
+        progress = elapsed / t.max_time
+    progress = min(max(progress, 0.0), 1.0)
+    floor = t.lr * t.min_lr_ratio
+    return floor + (t.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+class Trainer:
+    """One training run.
+
+    Under torchrun (`info.enabled`) every process builds the same model and reads the same global
+    batches, trains on its own rows of them through DistributedDataParallel, and only rank 0
+    writes files and reports events. `precision` is the run's resolved precision when it has one
+    already (a resume, a sweep); otherwise `train.precision` is checked and `auto` resolved here.
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        run_dir: Path,
+        on_event: ev.Callback | None = None,
+        info: Dist | None = None,
+        precision: prec.TrainPrecision | None = None,
+    ) -> None:
+        self.config, self.run_dir = config, run_dir
+        self.dist = info or Dist()
+        self.emit: ev.Callback = (on_event if self.dist.is_main else None) or ev.ignore
+        self.device = distributed.place(resolve_device(config.train.device), self.dist)
+        t = config.train
+        self.local_batch = self.dist.local_batch(t.batch_size)
+        random.seed(t.seed)
+        np.random.seed(t.seed % 2**32)
+        torch.manual_seed(t.seed)
+        self.data = prepare_data(config)
+        self.eval_chars = self._eval_chars()
+        self.batcher = make_batcher(
+            self.data.splits.train, t.batching, t.batch_size, t.seq_len, seed=t.seed
+        )
+        self.model = CharLM(config.model, len(self.data.vocab)).to(self.device)
+        # With train.ema_decay, an average of the weights along the way is what gets scored,
+        # saved as the run's model and sampled: at the steps five minutes buy it scored 0.007 to
+        # 0.015 below the last weights (docs/benchmarks.md).
+        averaged = averaged_copy(self.model) if t.ema_decay is not None else None
+        if self.dist.enabled:
+            self._seed_dropout(0)
+        if precision is not None:  # resolved before: only checked on this device
+            prec.check_train_precision(precision.name, config.model, self.device)
+        self.precision = precision or self._resolve_precision()
+        prec.set_matmul_precision(self.precision.name, self.device)
+        optimizer = adamw(self.model, t, self.device)
+        self.step_fn = TrainStep(
+            self.model, optimizer, self.precision.name, self.device, t.grad_clip, averaged,
+            t.ema_decay,
+        )  # fmt: skip
+        # On a GPU the finiteness of each step is recorded on the device and read where the
+        # loop waits anyway; under DDP the processes agree on it every step in one collective.
+        on_gpu = self.device.type == "cuda" and not self.dist.enabled
+        self.deferred = DeferredCheck(self.device) if on_gpu else None
+        self.parts = self._parts(averaged)
+        self.last_checkpoint: Path | None = None
+        self.stop = StopSignals()
+        # Under torchrun: the signal and rank 0's clock as all processes agreed on them.
+        self.agreed_signal: int | None = None
+        self.agreed_elapsed = 0.0
+        self.clock_start = time.perf_counter()
+        self.final_eval_s = 0.0
+
+    def _parts(self, averaged: CharLM | None) -> list[st.Part]:
+        """Everything a checkpoint holds, in the order it is written and restored."""
+        batch = self.config.train.batch_size
+        self.counters = st.Counters()
+        self.window = st.LossWindow(self.device, self.dist)
+        self.hidden = st.Hidden(
+            self.model.init_state(self.local_batch, self.device),
+            self.dist.shard(batch), self.local_batch, self.device, self.dist,
+        )  # fmt: skip
+        self.weights = st.Weights(self.model, averaged)
+        return [
+            st.RunRecord(self.config, self.data.vocab, self.data.corpus_record, self.device,
+                         self.precision),
+            self.weights,
+            st.Optimizer(self.step_fn.optimizer, self.device.type in FUSED_ADAMW),
+            self.hidden,
+            st.Batcher(self.batcher),
+            self.window,
+            self.counters,
+            st.Scaler(self.step_fn.scaler),
+            st.Rng(),
+        ]  # fmt: skip
+
+    @property
+    def step(self) -> int:
+        return self.counters.step
+
+    @property
+    def scored(self) -> CharLM:
+        """The model that evals score and checkpoints save as the run's model."""
+        return self.weights.averaged or self.model
+
+    def _resolve_precision(self) -> prec.TrainPrecision:
+        t = self.config.train
+        return prec.resolve_train_precision(
+            t.precision, self.config.model, len(self.data.vocab), self.local_batch, t.seq_len,
+            self.device,
+            lambda faster: distributed.agree_max([float(faster)], self.dist)[0] > 0,
+        )  # fmt: skip
+
+    def _eval_chars(self) -> int | None:
+        """How much of val the interval evals score: None for all of it (see WHOLE_SPLIT_SHARE)."""
+        chars, val = self.config.train.eval_chars, len(self.data.splits.val)
+        return None if chars is None or chars >= WHOLE_SPLIT_SHARE * val else chars
+
+    def _seed_dropout(self, step: int) -> None:
+        """Give every process other than rank 0 its own dropout stream (seed + rank)."""
+        if self.dist.rank > 0:
+            t = self.config.train
+            torch.manual_seed(t.seed + self.dist.rank + step * self.dist.world_size)
+
+    # -- checkpoints -----------------------------------------------------------------------------
+    def load_state(self, checkpoint: ckpt.Checkpoint) -> None:
+        """Restore what `save` wrote; tensors are loaded on the CPU, then moved here."""
+        st.load_parts(self.parts, checkpoint, lambda: self._seed_dropout(self.step))
+        self.last_checkpoint = checkpoint.path
+
+    def save(self, path: Path) -> None:
+        """Write a checkpoint (rank 0 writes; every process takes part in gathering it)."""
+        self.check_deferred()
+        tensors, record = st.save_parts(self.parts)
+        if self.dist.is_main:
+            ckpt.save_checkpoint(path, tensors, record)
+        self.emit(ev.CheckpointSaved(path=str(path), step=self.step))
+
+    def save_step(self) -> Path:
+        """Write this step's checkpoint and prune the old ones; the resume point."""
+        path = self.run_dir / CHECKPOINT_DIR / ckpt.step_name(self.step)
+        self.save(path)
+        self.last_checkpoint = path
+        if self.dist.is_main:
+            ckpt.prune(path.parent, self.config.train.keep_last)
+        return path
+
+    # -- divergence and agreement ----------------------------------------------------------------
+    def _decide(self, done: Backward) -> None:
+        """Stop before the update if this step is not finite (on a GPU: record it for later)."""
+        if self.deferred is not None:
+            self.deferred.record(done, self.step + 1)
+            return
+        finite = bool(done.finite)
+        if self.dist.enabled:
+            finite = self._agree(finite)
+        if not finite:
+            self._diverged(float(done.loss), float(done.norm))
+
+    def _agree(self, finite: bool) -> bool:
+        """One collective per step: rank 0's clock, any stop signal, any non-finite loss.
+
+        Every process then takes the same decisions (time budget, time-based learning rate,
+        stopping, divergence), so none is left waiting in a collective the others skipped.
+        """
+        elapsed = time.perf_counter() - self.clock_start if self.dist.is_main else 0.0
+        signum = float(self.stop.signum or 0)
+        now, sig, bad = distributed.agree_max([elapsed, signum, 0.0 if finite else 1.0], self.dist)
+        self.agreed_elapsed = now
+        if sig and self.agreed_signal is None:
+            self.agreed_signal = int(sig)
+        return not bad
+
+    def check_deferred(self) -> None:
+        """Stop with the divergence error if a step since the last check was not finite.
+
+        The steps after it were applied (with non-finite numbers), but nothing is saved before
+        this check, so the last good checkpoint is what remains, as with the per-step check.
+        """
+        bad = self.deferred.first() if self.deferred is not None else None
+        if bad is not None:
+            step, loss, norm = bad
+            self._diverged(loss, norm, step)
+
+    def _diverged(self, loss: float, norm: float, step: int | None = None) -> None:
+        """Record the divergence in summary.json and stop every process with its error."""
+        noticed = None if step is None else self.step
+        step = self.step + 1 if step is None else step
+        last = self.last_checkpoint
+        last_text = None if last is None else str(last)
+        self.write_summary(Summary(status="diverged", step=step, last_checkpoint=last_text))
+        message = diverged_message(step, loss, norm, noticed, last)
+        if not self.dist.is_main:
+            raise distributed.PeerFailed(message)
+        raise TrainingDiverged(message, step, last)
+
+    def write_summary(self, summary: Summary) -> None:
+        """summary.json from rank 0; the others wait until it is written."""
+        if self.dist.is_main:
+            write_summary(self.run_dir, summary)
+        distributed.barrier(self.dist)
+
+    # -- evaluation ----------------------------------------------------------------------------
+    def evaluate(self, full: bool) -> EvalResult:
+        val = self.data.splits.val
+        if not full and self.eval_chars is not None:
+            val = val[: self.eval_chars]
+        rows, reduce = None, None
+        if self.dist.enabled:
+            # Each process scores its share of the segments; the float64 sums are added up, so
+            # the score is that of a single-process eval (up to float rounding).
+            rows, reduce = self.dist.rows, lambda total: distributed.sum_all(total, self.dist)
+        streams = self.config.train.eval_streams
+        return evaluate_ids(self.scored, val, streams, rows=rows, reduce=reduce)
+
+    def final_eval(self) -> EvalResult:
+        """The whole val split, scored once the budget is spent; reported as it starts and ends."""
+        self.emit(ev.FinalEvalStarted(step=self.step, chars=len(self.data.splits.val)))
+        result = self.evaluate(full=True)
+        self.final_eval_s += result.seconds
+        self.emit(ev.FinalEvalFinished(self.step, result.seconds, result.loss, result.bpc))
+        return result
+
+    # -- the loop ------------------------------------------------------------------------------
+    def run(self) -> TrainResult:
+        """Train to the budget; SIGINT/SIGTERM stop it cleanly after a checkpoint."""
+        if self.dist.enabled and self.step_fn.net is self.model:
+            # Wrapped here, not in __init__: DDP's first collective must come after every
+            # process has built (and maybe restored) its model without error.
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.step_fn.net = DistributedDataParallel(self.model, device_ids=ids)
+        try:
+            with self.stop.routed():
+                return self._run()
+        finally:
+            # DDP's reducer holds the process group; dropped here, the group can be torn down
+            # while Python is alive (see `distributed.process_group`).
+            self.step_fn.net = self.model
+
+    def _started(self) -> ev.Started:
+        t = self.config.train
+        return ev.Started(
+            run_dir=str(self.run_dir),
+            device=str(self.device),
+            precision=self.precision.name,
+            precision_probe=self.precision.probe,
+            parameters=self.model.num_parameters(),
+            vocab_size=len(self.data.vocab),
+            train_chars=len(self.data.splits.train),
+            val_chars=len(self.data.splits.val),
+            max_steps=t.max_steps,
+            max_time=t.max_time,
+            step=self.step,
+        )
+
+    def train_step(self) -> float:
+        """One step of the schedule, its batch read here; -> its learning rate."""
+        t, c = self.config.train, self.counters
+        lr = lr_at(self.config, c.step, c.elapsed)
+        for group in self.step_fn.optimizer.param_groups:
+            group["lr"] = lr
+        x, y, fresh = self.batcher.next()
+        if fresh:
+            self.hidden.state = self.model.init_state(self.local_batch, self.device)
+        if self.dist.enabled:
+            rows = self.dist.shard(t.batch_size)
+            x, y = x[rows], y[rows]
+        x, y = batch_to(x, y, self.device)
+        done = self.step_fn.backward(x, y, self.hidden.state)
+        self.hidden.state = done.state
+        self._decide(done)
+        self.step_fn.apply(c.step)
+        self.window.loss += done.loss
+        c.step += 1
+        self.window.steps += 1
+        return lr
+
+    def _run(self) -> TrainResult:
+        t, c = self.config.train, self.counters
+        metrics = MetricsLog(self.run_dir / METRICS_NAME)
+        self.emit(self._started())
+        self.model.train()
+        window_time = 0.0
+        start = time.perf_counter() - c.elapsed
+        self.clock_start = start
+        while True:
+            step_start = time.perf_counter()
+            lr = self.train_step()
+            window_time += time.perf_counter() - step_start
+            c.elapsed = self.agreed_elapsed if self.dist.enabled else time.perf_counter() - start
+            done = (t.max_steps is not None and c.step >= t.max_steps) or (
+                t.max_time is not None and c.elapsed >= t.max_time
+            )
+            row: dict[str, float | int] = {}
+            if c.step % t.log_interval == 0 or done:
+                row = self._train_row(lr, window_time)
+                window_time = 0.0
+            if c.step % t.eval_interval == 0 or done:
+                row = row or {"step": c.step, "elapsed_s": round(c.elapsed, 3)}
+                row.update(self._eval_row(done))
+            if row and self.dist.is_main:
+                metrics.write(row)
+                self.emit(ev.Logged(step=c.step, elapsed_s=float(row["elapsed_s"]), row=row))
+            signum = self.agreed_signal if self.dist.enabled else self.stop.signum
+            stopping = signum is not None and not done
+            if c.step % t.checkpoint_interval == 0 or done or stopping:
+                self.save_step()
+            if done:
+                break
+            if signum is not None and stopping:
+                self._interrupted(signum)
+        return self._finish()
+
+    def _train_row(self, lr: float, window_time: float) -> dict[str, float | int]:
+        """The metrics of the steps since the last line; starts a new window."""
+        t, c = self.config.train, self.counters
+        self.check_deferred()
+        window_loss = distributed.mean_all(self.window.loss, self.dist)
+        row = {
+            "step": c.step,
+            "elapsed_s": round(c.elapsed, 3),
+            "train_loss": float(window_loss) / self.window.steps,
+            "lr": lr,
+            "chars_per_s": round(
+                self.window.steps * t.batch_size * t.seq_len / max(window_time, 1e-9), 1
+            ),
+            "epoch": self.batcher.position.epoch,
+        }
+        self.window.loss.zero_()
+        self.window.steps = 0
+        return row
+
+    def _eval_row(self, done: bool) -> dict[str, float | int]:
+        """An eval on the schedule (or at the end); the best checkpoint follows its score.
+
+        Every eval that picks the best checkpoint scores the same text (the first eval_chars of
+        val), so the best is the best; the final score is whole-split.
+        """
+        c = self.counters
+        self.check_deferred()
+        whole = done and self.eval_chars is None
+        result = self.final_eval() if whole else self.evaluate(full=False)
+        if not done:  # the last evals run after the clock has stopped
+            c.eval_s += result.seconds
+        if c.step % self.config.train.eval_interval == 0:
+            c.interval_evals += 1
+        c.last_val = result
+        row: dict[str, float | int] = {"val_loss": result.loss, "val_bpc": result.bpc}
+        if result.loss < c.best_val_loss:
+            c.best_val_loss, c.best_step = result.loss, c.step
+            self.save(self.run_dir / CHECKPOINT_DIR / ckpt.BEST_NAME)
+        if done and not whole:
+            self.final_eval_s += result.seconds
+            c.last_val = self.final_eval()
+            row.update({"final_val_loss": c.last_val.loss, "final_val_bpc": c.last_val.bpc})
+        return row
+
+    def _interrupted(self, signum: int) -> None:
+        assert self.last_checkpoint is not None
+        stop = TrainingInterrupted(signum, self.step, self.last_checkpoint, self.run_dir)
+        self.write_summary(
+            Summary(
+                status="interrupted",
+                signal=stop.signal_name,
+                steps=self.step,
+                last_checkpoint=str(self.last_checkpoint),
+                resume=stop.resume_command,
+            )
+        )  # the others exit only after rank 0 has written
+        self.emit(ev.Interrupted(signal=stop.signal_name, step=self.step))
+        raise stop
+
+    def _finish(self) -> TrainResult:
+        c, t = self.counters, self.config.train
+        assert c.last_val is not None and self.last_checkpoint is not None
+        train_chars = c.step * t.batch_size * t.seq_len
+        result = TrainResult(
+            run_dir=self.run_dir,
+            steps=c.step,
+            elapsed_s=c.elapsed,
+            chars_per_s=train_chars / max(c.elapsed, 1e-9),
+            eval_s=c.eval_s,
+            parameters=self.model.num_parameters(),
+            final_val=c.last_val,
+            best_val_loss=c.best_val_loss,
+            best_step=c.best_step,
+            last_checkpoint=self.last_checkpoint,
+            best_checkpoint=self.run_dir / CHECKPOINT_DIR / ckpt.BEST_NAME,
+            final_eval_s=self.final_eval_s,
+            interval_evals=c.interval_evals,
+            precision=self.precision.name,
+        )
+        summary = finished_summary(result, self.precision)
+        self.write_summary(summary)
+        self.emit(ev.Ended(summary))
+        return result

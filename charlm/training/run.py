@@ -1,0 +1,97 @@
+"""`train(config, run_dir)`: the whole job of a new run, reported through a callback so the CLI
+(or a notebook, or a test) decides how to show it; and the extras around any run's loop."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from charlm import distributed, tblog
+from charlm import events as ev
+from charlm.config import Config, dump_yaml
+from charlm.precision import TrainPrecision
+from charlm.rundir import (
+    SUMMARY_NAME,
+    check_run_dir,
+    failure_summary,
+    prepare_run_dir,
+    running_lock,
+    write_config,
+    write_summary,
+)
+from charlm.training.loop import Trainer
+from charlm.training.outcome import TrainResult
+
+
+def train(
+    config: Config,
+    run_dir: str | Path,
+    on_event: ev.Callback | None = None,
+    precision: TrainPrecision | None = None,
+) -> TrainResult:
+    """Train a model as `config` says, writing everything into the new folder `run_dir`.
+
+    `train.precision: auto` is resolved once, before config.yaml is written (which records the
+    result); `precision` passes a resolution made already (a sweep resolves it once for all its
+    runs). Under torchrun every process calls it with the same arguments: rank 0 alone checks
+    and prepares the folder, and an error on any process stops them all
+    (see `distributed.together`).
+    """
+    run_dir = Path(run_dir)
+    if config.train.tensorboard:
+        tblog.summary_writer_class()  # a missing extra stops here, before any work or writes
+    with distributed.process_group() as info:
+        main = info.is_main
+        # The folder is checked before the (slow) data load, and before anything is written.
+        distributed.together(info, lambda: check_run_dir(run_dir) if main else None)
+        trainer = distributed.together(
+            info, lambda: Trainer(config, run_dir, on_event, info, precision)
+        )
+
+        def prepare() -> None:
+            if main:
+                prepare_run_dir(run_dir)
+                write_config(run_dir, dump_yaml(config), auto_resolved(trainer))
+
+        distributed.together(info, prepare)
+        return run_recorded(trainer)
+
+
+def auto_resolved(trainer: Trainer) -> str | None:
+    """The precision `auto` resolved to for this run, or None when the config named one."""
+    return trainer.precision.name if trainer.config.train.precision == "auto" else None
+
+
+def run_recorded(trainer: Trainer) -> TrainResult:
+    """Run the trainer (new or resumed) with the extras around it: TensorBoard logging when
+    asked, a `failed` summary.json when an error stops it (unless the trainer wrote its own, as
+    for interrupted or diverged runs), curves.png when it finishes, and RUN/.running locked
+    meanwhile so `charlm runs` can tell a run in progress from an interrupted one."""
+    if not trainer.dist.is_main:  # under torchrun, rank 0 alone writes files
+        return trainer.run()
+    tensorboard = None
+    if trainer.config.train.tensorboard:
+        tensorboard = tblog.TensorBoardLogger(
+            trainer.run_dir,
+            dump_yaml(trainer.config),
+            purge_step=trainer.step + 1 if trainer.step else None,
+        )
+        trainer.emit = tensorboard.wrap(trainer.emit)
+    with running_lock(trainer.run_dir):
+        try:
+            result = trainer.run()
+        except Exception as e:
+            if not (trainer.run_dir / SUMMARY_NAME).exists():
+                summary = failure_summary(e, trainer.step, trainer.counters.elapsed)
+                write_summary(trainer.run_dir, summary)
+            raise
+        finally:
+            if tensorboard is not None:
+                tensorboard.close()
+    try:
+        from charlm.plots import plot_curves
+
+        plot_curves(trainer.run_dir)
+    except Exception as e:  # a plot is a convenience: never lose a finished run to it
+        reason = " ".join(str(e).split()) or type(e).__name__
+        trainer.emit(ev.Warned(f"could not draw curves.png: {reason}"))
+    return result
