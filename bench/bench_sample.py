@@ -34,7 +34,8 @@ from common import DEFAULT_CORPUS, read_corpus  # noqa: E402
 from charlm.config import ModelConfig  # noqa: E402 (after the path line, to bench this checkout)
 from charlm.model import CharLM  # noqa: E402
 from charlm.precision import SAMPLE_PRECISIONS as PRECISIONS  # noqa: E402
-from charlm.sample import SampleOptions, generate_batch  # noqa: E402
+from charlm.sample import generate_batch  # noqa: E402
+from charlm.sample_options import SampleOptions  # noqa: E402
 from charlm.stepper import auto_precision  # noqa: E402 (charlm sample --precision)
 from charlm.vocab import Vocab  # noqa: E402
 

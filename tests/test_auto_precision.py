@@ -17,7 +17,8 @@ from charlm.errors import CharlmError
 from charlm.evaluate import evaluate_ids
 from charlm.model import CharLM
 from charlm.precision import MIN_SPEEDUP, hardware_bf16, pick_precision
-from charlm.sample import SampleOptions, beam_search, generate, sample_batch
+from charlm.sample import beam_search, generate, sample_batch
+from charlm.sample_options import SampleOptions
 from charlm.stepper import auto_precision
 from charlm.vocab import Vocab
 

@@ -14,7 +14,8 @@ from charlm.checkpoint import find_checkpoint, load_checkpoint, load_model
 from charlm.errors import CharlmError
 from charlm.evaluate import evaluate_ids, evaluate_run
 from charlm.model import CharLM
-from charlm.sample import SampleOptions, filter_logits, generate, generate_batch
+from charlm.sample import filter_logits, generate, generate_batch
+from charlm.sample_options import SampleOptions
 from charlm.training import Trainer, prepare_data
 
 

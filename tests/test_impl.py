@@ -21,7 +21,8 @@ from charlm.errors import CharlmError
 from charlm.evaluate import evaluate_run
 from charlm.model import CharLM
 from charlm.runs import read_metrics
-from charlm.sample import SampleOptions, generate
+from charlm.sample import generate
+from charlm.sample_options import SampleOptions
 from charlm.training import TrainingInterrupted, resume, train
 
 

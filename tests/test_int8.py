@@ -18,7 +18,8 @@ from charlm.cpu.packed import Int8Weight
 from charlm.errors import CharlmError
 from charlm.evaluate import evaluate_ids, evaluate_run
 from charlm.model import CharLM
-from charlm.sample import SampleOptions, beam_search, generate
+from charlm.sample import beam_search, generate
+from charlm.sample_options import SampleOptions
 from charlm.stepper import GRUStepper, LSTMStepper, make_stepper
 from charlm.vocab import Vocab
 

@@ -25,17 +25,16 @@ from charlm.config import ModelConfig
 from charlm.errors import CharlmError
 from charlm.model import CharLM
 from charlm.sample import (
-    SampleOptions,
     beam_search,
     decode,
     filter_logits,
     generate,
     generate_batch,
-    parse_stops,
     resolve_precision,
     sample_batch,
     sampling_threads,
 )
+from charlm.sample_options import SampleOptions, parse_stops
 from charlm.stepper import (
     TANH_BY_SIGMOID,
     GRUStepper,

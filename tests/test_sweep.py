@@ -15,8 +15,9 @@ from typer.testing import CliRunner
 from charlm import events as ev
 from charlm.cli import app
 from charlm.errors import CharlmError
+from charlm.experiment import load_experiment
 from charlm.runs import find_runs, is_running, read_summary
-from charlm.sweep import load_experiment, run_sweep
+from charlm.sweep import run_sweep
 from charlm.training import TrainingInterrupted
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

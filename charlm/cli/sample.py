@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from charlm.checkpoint import Loaded
-    from charlm.sample import SampleOptions
+    from charlm.sample_options import SampleOptions
 
 UNKNOWN_HELP = (
     "Characters of the {what} outside the model's vocabulary: error (name them and stop), skip "
@@ -92,7 +92,8 @@ def sample(
 ) -> None:
     """Print the prime followed by exactly --length new characters to stdout, as they come."""
     from charlm.checkpoint import load_model
-    from charlm.sample import SampleOptions, check_threads, parse_stops, sampling_threads
+    from charlm.sample import check_threads, sampling_threads
+    from charlm.sample_options import SampleOptions, parse_stops
     from charlm.vocab import check_unknown_policy
 
     options = SampleOptions(

@@ -160,8 +160,9 @@ def sweep(
 ) -> None:
     """Train every run of an experiment in turn (skipping finished ones), then compare them."""
     from charlm.cpu.memory import keep_freed_memory
+    from charlm.experiment import load_experiment
     from charlm.runs import compare_runs
-    from charlm.sweep import default_sweep_dir, load_experiment, run_sweep
+    from charlm.sweep import default_sweep_dir, run_sweep
     from charlm.training import TrainingInterrupted
 
     path, overrides = split_train_args(args)
