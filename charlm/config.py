@@ -166,14 +166,14 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = field(
         default="auto", metadata=_help("`auto` takes CUDA when present.")
     )
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = field(
+    precision: Literal["auto", "fp32", "tf32", "bf16", "fp16"] = field(
         default="fp32",
         metadata=_help(
-            "Matrix products in `fp32`, or autocast to `bf16` or `fp16` (fp16 on CUDA only, "
-            "with a gradient scaler); `auto`: bf16 where the device runs the model in it "
-            "natively (a CUDA GPU with bf16; a CPU with AVX-512 BF16 where a timed training "
-            "step, about 1 s at start, runs at least 1.1x faster in bf16), else fp32. Weights "
-            "and optimizer state stay fp32."
+            "Matrix products in `fp32` (strict, also on a GPU), `tf32` (a GPU's TF32 products; "
+            "fp32 on a CPU), or autocast to `bf16` or `fp16` (fp16 on CUDA only, with a "
+            "gradient scaler); `auto`: times a training step at start and takes bf16 where the "
+            "hardware has it and the step runs at least 1.1x faster in it, else fp32 on a CPU "
+            "and tf32 on a GPU; decided once per run. Weights and optimizer state stay fp32."
         ),
     )
     tensorboard: bool = field(

@@ -25,10 +25,14 @@ from charlm.model import CharLM
 
 TRAIN_PRECISIONS: dict[str, torch.dtype | None] = {
     "fp32": None,
+    "tf32": None,
     "bf16": torch.bfloat16,
     "fp16": torch.float16,
 }
-"""Training precisions: the autocast dtype of the forward pass (None: plain fp32)."""
+"""Training precisions: the autocast dtype of the forward pass (None: plain fp32). `tf32` is fp32
+with a GPU's TF32 products (inputs rounded to 10 mantissa bits, fp32 sums); on a CPU it is fp32.
+On an H200, TF32 steps of a 3x512 LSTM ran 1.2x, of a 2x1024 one 3x, strict fp32's
+(docs/benchmarks.md)."""
 
 SAMPLE_PRECISIONS: dict[str, torch.dtype | None] = {
     "fp32": None,
@@ -101,11 +105,11 @@ def time_candidates(
     return best
 
 
-def pick_precision(timings: dict[str, float]) -> str:
-    """The fastest precision at least `MIN_SPEEDUP` times as fast as fp32, else fp32."""
-    limit = timings["fp32"] / MIN_SPEEDUP
-    faster = {name: t for name, t in timings.items() if name != "fp32" and t <= limit}
-    return min(faster, key=lambda name: faster[name]) if faster else "fp32"
+def pick_precision(timings: dict[str, float], baseline: str = "fp32") -> str:
+    """The fastest precision at least `MIN_SPEEDUP` times as fast as `baseline`, else that."""
+    limit = timings[baseline] / MIN_SPEEDUP
+    faster = {name: t for name, t in timings.items() if name != baseline and t <= limit}
+    return min(faster, key=lambda name: faster[name]) if faster else baseline
 
 
 def _sync(device: torch.device) -> None:
@@ -133,19 +137,22 @@ def time_train_step(
     device: torch.device,
     budget_s: float = 2.0,
 ) -> dict[str, float]:
-    """-> {"fp32": s, "bf16": s}: one forward and backward of this model at this batch shape.
+    """-> seconds of one forward and backward of this model at this batch shape, in the baseline
+    (fp32 on a CPU, tf32 on a GPU) and in bf16: {"fp32" or "tf32": s, "bf16": s}.
 
     A throwaway model with its own weights (the run's random streams are left as they were),
     timed by `time_candidates` for up to three rounds (a big model's step is slow enough to time
     once the budget is spent).
     """
-    with torch.random.fork_rng(devices=[]):
+    baseline = "tf32" if device.type == "cuda" else "fp32"
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         probe = CharLM(model_config, vocab_size).to(device)
         x = torch.randint(vocab_size, (batch, seq_len), device=device)
 
-        def step(low: bool) -> Callable[[], None]:
+        def step(name: str) -> Callable[[], None]:
             def run() -> None:
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=low):
+                set_matmul_precision(name, device)
+                with autocast(name, device):
                     logits, _ = probe(x)
                 loss = F.cross_entropy(logits.reshape(-1, vocab_size).float(), x.reshape(-1))
                 loss.backward()
@@ -153,9 +160,8 @@ def time_train_step(
 
             return run
 
-        return time_candidates(
-            {"fp32": step(False), "bf16": step(True)}, device, budget_s, max_rounds=3
-        )
+        steps = {name: step(name) for name in (baseline, "bf16")}
+        return time_candidates(steps, device, budget_s, max_rounds=3)
 
 
 def resolve_train_precision(
@@ -169,21 +175,21 @@ def resolve_train_precision(
 ) -> TrainPrecision:
     """Check the precision a run asks for on this device; resolve `auto` (done once per run).
 
-    `auto` takes bf16 where the hardware has it and the model runs in it; on a CPU only if a
-    timed step is `MIN_SPEEDUP` faster as well. `agree_any` makes every process of a run take
-    bf16 if any timed it faster, so all train alike.
+    `auto` starts from fp32 on a CPU and tf32 on a GPU, and takes bf16 where the hardware has it,
+    the model runs in it and a timed step is `MIN_SPEEDUP` faster in it. (On an H200 a 3x512
+    LSTM's step in bf16 took 17-19 ms against tf32's 18: auto keeps tf32 there.) `agree_any`
+    makes every process of a run take bf16 if any timed it faster, so all train alike.
     """
     check_train_precision(requested, model_config, device)
     if requested != "auto":
         return TrainPrecision(requested)
+    baseline = "tf32" if device.type == "cuda" else "fp32"
     if not native_bf16(device, model_config):
-        return TrainPrecision("fp32")
-    if device.type != "cpu":
-        return TrainPrecision("bf16")
+        return TrainPrecision(baseline)
     timings = time_train_step(model_config, vocab_size, batch, seq_len, device)
-    faster = agree_any(pick_precision(timings) == "bf16")
-    probe = {"fp32_step_s": timings["fp32"], "bf16_step_s": timings["bf16"]}
-    return TrainPrecision("bf16" if faster else "fp32", probe)
+    faster = agree_any(pick_precision(timings, baseline) == "bf16")
+    probe = {f"{name}_step_s": seconds for name, seconds in timings.items()}
+    return TrainPrecision("bf16" if faster else baseline, probe)
 
 
 def check_train_precision(precision: str, model_config: ModelConfig, device: torch.device) -> None:
@@ -214,13 +220,13 @@ def autocast(precision: str, device: torch.device) -> contextlib.AbstractContext
 
 
 def set_matmul_precision(precision: str, device: torch.device) -> None:
-    """Make "fp32" mean fp32 on a GPU: TF32 off for matrix products and cuDNN in fp32 runs.
+    """Make "fp32" mean fp32 on a GPU (TF32 off for matrix products and cuDNN) and "tf32" TF32.
 
-    TF32 rounds fp32 products' inputs to 10 mantissa bits; left to the library default, an fp32
-    run's numbers would depend on the GPU generation. Under bf16 / fp16 autocast the low products
-    are the low dtype's anyway, and the fp32 parts (the loss, the optimizer) may use TF32, which
-    is as precise as the rest of such a step. The setting is process-wide; on a CPU it is left
-    alone (TF32 is a GPU format).
+    TF32 rounds fp32 products' inputs to 10 mantissa bits; left to the library defaults (cuDNN
+    on, matrix products off), an fp32 run's numbers would depend on which kernel ran. Under bf16
+    / fp16 autocast the low products are the low dtype's anyway, and the fp32 parts (the loss,
+    the optimizer) may use TF32, which is as precise as the rest of such a step. The setting is
+    process-wide; on a CPU it is left alone (TF32 is a GPU format).
     """
     if device.type != "cuda":
         return

@@ -194,7 +194,9 @@ def test_the_carried_state_stays_fp32_under_bf16(tmp_path: Path, corpus_file: Pa
     assert all(s.dtype == torch.float32 for s in done.state)
 
 
-@pytest.mark.parametrize(("precision", "tf32"), [("fp32", False), ("bf16", True), ("fp16", True)])
+@pytest.mark.parametrize(
+    ("precision", "tf32"), [("fp32", False), ("tf32", True), ("bf16", True), ("fp16", True)]
+)
 def test_fp32_on_a_gpu_turns_tf32_off(precision: str, tf32: bool) -> None:
     """The switches are plain flags, so this holds without a GPU; on the CPU nothing changes."""
     matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
@@ -207,3 +209,47 @@ def test_fp32_on_a_gpu_turns_tf32_off(precision: str, tf32: bool) -> None:
         assert (matmul.allow_tf32, cudnn.allow_tf32) == (tf32, tf32)
     finally:
         matmul.allow_tf32, cudnn.allow_tf32 = before
+
+
+@pytest.mark.parametrize(
+    ("device", "timings", "expected"),
+    [
+        ("cuda", {"tf32": 1.0, "bf16": 0.95}, "tf32"),  # not 1.1x faster: TF32 stays
+        ("cuda", {"tf32": 1.0, "bf16": 0.5}, "bf16"),
+        ("cpu", {"fp32": 1.0, "bf16": 0.95}, "fp32"),
+        ("cpu", {"fp32": 1.0, "bf16": 0.5}, "bf16"),
+    ],
+)
+def test_auto_times_bf16_against_fp32_on_a_cpu_and_tf32_on_a_gpu(
+    monkeypatch: pytest.MonkeyPatch, device: str, timings: dict[str, float], expected: str
+) -> None:
+    import charlm.precision as precision_module
+    from charlm.config import ModelConfig
+
+    monkeypatch.setattr(precision_module, "native_bf16", lambda device, model: True)
+    monkeypatch.setattr(precision_module, "time_train_step", lambda *args: timings)
+    resolved = precision_module.resolve_train_precision(
+        "auto", ModelConfig(), 10, 2, 8, torch.device(device)
+    )
+    assert resolved.name == expected
+    assert resolved.probe == {f"{name}_step_s": t for name, t in timings.items()}
+
+
+def test_auto_without_hardware_bf16_takes_tf32_on_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    import charlm.precision as precision_module
+    from charlm.config import ModelConfig
+
+    monkeypatch.setattr(precision_module, "native_bf16", lambda device, model: False)
+    found = precision_module.resolve_train_precision(
+        "auto", ModelConfig(), 10, 2, 8, torch.device("cuda")
+    )
+    assert found.name == "tf32" and found.probe is None
+
+
+def test_tf32_trains_on_a_cpu_as_fp32(tmp_path: Path, corpus_file: Path) -> None:
+    runs = {}
+    for precision in ("fp32", "tf32"):
+        config = tiny_config(corpus_file, **{"train.precision": precision, "train.max_steps": 4})
+        runs[precision] = train(config, tmp_path / precision)
+    assert runs["fp32"].final_val.loss == runs["tf32"].final_val.loss
+    assert runs["tf32"].precision == "tf32"

@@ -104,12 +104,11 @@ class ProgressView:
 def _start_line(event: Any) -> str:
     """The line a run starts with: folder, device, precision (and auto's timings), sizes."""
     probe = event.precision_probe
-    timed = (
-        f" (auto: a step took {probe['fp32_step_s'] * 1e3:.0f} ms in fp32, "
-        f"{probe['bf16_step_s'] * 1e3:.0f} ms in bf16)"
-        if probe
-        else ""
+    times = ", ".join(
+        f"{seconds * 1e3:.0f} ms in {name.removesuffix('_step_s')}"
+        for name, seconds in (probe or {}).items()
     )
+    timed = f" (auto: a step took {times})" if probe else ""
     return (
         f"run {event.run_dir} | {event.device} {event.precision}{timed}"
         f" | {event.parameters:,} parameters"
