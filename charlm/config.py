@@ -122,7 +122,9 @@ class TrainConfig:
     max_time: float | None = field(
         default=None, metadata=_help("Training-time budget in seconds (empty: none).")
     )
-    eval_interval: int = field(default=200, metadata=_help("Steps between val evaluations."))
+    eval_interval: int | None = field(
+        default=200, metadata=_help("Steps between val evaluations (empty: by time only).")
+    )
     eval_every_s: float | None = field(
         default=None,
         metadata=_help(
@@ -141,7 +143,9 @@ class TrainConfig:
         default=20, metadata=_help("Val is scored as this many contiguous segments side by side.")
     )
     log_interval: int = field(default=10, metadata=_help("Steps between metrics.jsonl lines."))
-    checkpoint_interval: int = field(default=500, metadata=_help("Steps between checkpoints."))
+    checkpoint_interval: int | None = field(
+        default=500, metadata=_help("Steps between checkpoints (empty: by time only).")
+    )
     checkpoint_every_s: float | None = field(
         default=None,
         metadata=_help(
@@ -266,10 +270,18 @@ def validate(config: Config) -> Config:
             "model.impl: 'fused' (nn.GRU, cuDNN) only has the reset-after GRU, but "
             "model.gru_reset is 'before'; use model.impl=reference, or model.gru_reset=after"
         )
-    for name in ("batch_size", "seq_len", "eval_interval", "eval_streams", "log_interval"):
+    for name in ("batch_size", "seq_len", "eval_streams", "log_interval"):
         value = getattr(t, name)
         _check(value >= 1, f"train.{name}", value, "a positive whole number")
-    _check(t.checkpoint_interval >= 1, "train.checkpoint_interval", t.checkpoint_interval, ">= 1")
+    for steps, seconds in (
+        ("eval_interval", "eval_every_s"),
+        ("checkpoint_interval", "checkpoint_every_s"),
+    ):
+        value = getattr(t, steps)
+        if value is not None:
+            _check(value >= 1, f"train.{steps}", value, "a positive whole number or empty")
+        elif getattr(t, seconds) is None:
+            raise CharlmError(f"train.{steps} and train.{seconds} are both empty; set at least one")
     _check(t.keep_last >= 1, "train.keep_last", t.keep_last, "a positive whole number")
     _check(t.lr > 0, "train.lr", t.lr, "a number > 0")
     _check(0 <= t.min_lr_ratio <= 1, "train.min_lr_ratio", t.min_lr_ratio, "a number in [0, 1]")

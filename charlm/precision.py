@@ -97,10 +97,10 @@ def time_candidates(
         if round_ >= 2 and time.perf_counter() - began > budget_s:
             break
         for name, step in steps.items():
-            _sync(device)
+            synchronize(device)
             start = time.perf_counter()
             step()
-            _sync(device)
+            synchronize(device)
             best[name] = min(best[name], time.perf_counter() - start)
     return best
 
@@ -112,7 +112,8 @@ def pick_precision(timings: dict[str, float], baseline: str = "fp32") -> str:
     return min(faster, key=lambda name: faster[name]) if faster else baseline
 
 
-def _sync(device: torch.device) -> None:
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work, so a host clock reads its time (a no-op on a CPU)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 

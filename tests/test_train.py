@@ -228,3 +228,48 @@ def test_eval_chars_covering_most_of_val_scores_the_whole_split_once_at_the_end(
     assert sum(isinstance(e, ev.FinalEvalFinished) for e in events) == 1
     assert result.final_eval_s == result.final_val.seconds
     assert result.interval_evals == 0  # 10 steps never reach eval_interval=20
+
+
+def test_cadence_fires_by_steps_by_seconds_or_both() -> None:
+    from charlm.training.schedule import Cadence
+
+    steps = Cadence(every_steps=5, every_s=None)
+    assert [s for s in range(1, 16) if steps.due(s, 0.0)] == [5, 10, 15]
+    timed = Cadence(every_steps=None, every_s=2.0, last_s=1.0)
+    assert not timed.due(7, 2.9) and timed.due(7, 3.0)
+    timed.fired(3.0)
+    assert not timed.due(8, 4.5) and timed.due(9, 5.0)
+    both = Cadence(every_steps=4, every_s=10.0)
+    assert both.due(4, 0.1) and both.due(3, 10.0) and not both.due(3, 9.9)
+
+
+def test_evals_and_checkpoints_by_seconds_only(tmp_path: Path, corpus_file: Path) -> None:
+    config = tiny_config(
+        corpus_file,
+        **{
+            "train.max_steps": 6,
+            "train.log_interval": 1,
+            "train.eval_interval": None,
+            "train.eval_every_s": 1e-9,  # every step: some time always passes
+            "train.checkpoint_interval": None,
+            "train.checkpoint_every_s": 1e9,  # never before the end
+            "train.keep_last": 10,
+        },
+    )
+    result = train(config, tmp_path / "run")
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").open()]
+    assert [r["step"] for r in rows if "val_loss" in r] == [1, 2, 3, 4, 5, 6]
+    saved = sorted(p.name for p in (tmp_path / "run" / "checkpoints").glob("step-*"))
+    assert saved == ["step-00000006.safetensors"]
+    assert result.interval_evals == 6
+
+
+def test_a_cadence_needs_steps_or_seconds(corpus_file: Path) -> None:
+    for steps, seconds in (
+        ("eval_interval", "eval_every_s"),
+        ("checkpoint_interval", "checkpoint_every_s"),
+    ):
+        with pytest.raises(CharlmError, match=f"train.{steps} and train.{seconds} are both empty"):
+            tiny_config(corpus_file, **{f"train.{steps}": None})
+        with pytest.raises(CharlmError, match=f"train.{seconds}"):
+            tiny_config(corpus_file, **{f"train.{seconds}": 0})

@@ -1,9 +1,8 @@
 """The training loop: data -> model -> AdamW -> metrics, evals and checkpoints in a run folder.
 
-The learning rate is a pure function of the step (or of elapsed time when only a time budget
-bounds the run), so it needs no state of its own. The arithmetic of a step is charlm.training.step,
-what a checkpoint holds is charlm.training.state; here are the schedule, the cadence of logs,
-evals and saves, stop signals, and the decisions every process of a run must take together.
+The arithmetic of a step is charlm.training.step, what a checkpoint holds charlm.training.state,
+the learning rate and cadence charlm.training.schedule; here is the loop that runs them, stop
+signals, and the decisions every process of a run must take together.
 """
 
 from __future__ import annotations
@@ -35,6 +34,7 @@ from charlm.training.outcome import (
     diverged_message,
     finished_summary,
 )
+from charlm.training.schedule import Cadence, lr_at
 from charlm.training.signals import StopSignals
 from charlm.training.step import (
     FUSED_ADAMW,
@@ -49,25 +49,6 @@ from charlm.training.step import (
 WHOLE_SPLIT_SHARE = 0.9
 """When train.eval_chars covers at least this share of the val split, every eval scores the whole
 split: the end of the run would otherwise score almost the same text twice."""
-
-
-def lr_at(config: Config, step: int, elapsed: float) -> float:
-    """Linear warm-up, then cosine decay to lr * min_lr_ratio over the run's budget.
-
-    Progress is measured in steps when `max_steps` is set, else in seconds of `max_time`.
-    """
-    t = config.train
-    if step < t.warmup_steps:
-        return t.lr * (step + 1) / t.warmup_steps
-    if t.max_steps is not None:
-        span = max(1, t.max_steps - t.warmup_steps)
-        progress = (step - t.warmup_steps) / span
-    else:
-        assert t.max_time is not None
-        progress = elapsed / t.max_time
-    progress = min(max(progress, 0.0), 1.0)
-    floor = t.lr * t.min_lr_ratio
-    return floor + (t.lr - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 class Trainer:
@@ -117,10 +98,10 @@ class Trainer:
             self.model, optimizer, self.precision.name, self.device, t.grad_clip, averaged,
             t.ema_decay,
         )  # fmt: skip
-        # On a GPU the finiteness of each step is recorded on the device and read where the
-        # loop waits anyway; under DDP the processes agree on it every step in one collective.
-        on_gpu = self.device.type == "cuda" and not self.dist.enabled
-        self.deferred = DeferredCheck(self.device) if on_gpu else None
+        # On a GPU (and under torchrun) the finiteness of each step is recorded on the device and
+        # read where the loop waits anyway: metrics lines, evals, saves (see `_agree`).
+        later = self.device.type == "cuda" or self.dist.enabled
+        self.deferred = DeferredCheck(self.device) if later else None
         self.parts = self._parts(averaged)
         self.last_checkpoint: Path | None = None
         self.stop = StopSignals()
@@ -210,25 +191,28 @@ class Trainer:
         if self.deferred is not None:
             self.deferred.record(done, self.step + 1)
             return
-        finite = bool(done.finite)
-        if self.dist.enabled:
-            finite = self._agree(finite)
-        if not finite:
+        if not bool(done.finite):
             self._diverged(float(done.loss), float(done.norm))
 
-    def _agree(self, finite: bool) -> bool:
-        """One collective per step: rank 0's clock, any stop signal, any non-finite loss.
+    def _agree(self) -> None:
+        """Under torchrun, one collective every log_interval steps and before every eval and
+        save: rank 0's clock, any stop signal, any non-finite step since the last one.
 
-        Every process then takes the same decisions (time budget, time-based learning rate,
-        stopping, divergence), so none is left waiting in a collective the others skipped.
+        Every process then takes the same decisions (time budget, time-based learning rate and
+        cadence, stopping, divergence) from the same numbers, so none is left waiting in a
+        collective the others skipped, and no step waits for the others in between.
         """
         elapsed = time.perf_counter() - self.clock_start if self.dist.is_main else 0.0
         signum = float(self.stop.signum or 0)
-        now, sig, bad = distributed.agree_max([elapsed, signum, 0.0 if finite else 1.0], self.dist)
+        bad = self.deferred.first() if self.deferred is not None else None
+        found = [elapsed, signum, 0.0 if bad is None else 1.0]
+        now, sig, any_bad = distributed.agree_max(found, self.dist)
         self.agreed_elapsed = now
         if sig and self.agreed_signal is None:
             self.agreed_signal = int(sig)
-        return not bad
+        if any_bad:  # a peer's step, if not ours: its numbers stay in its own message
+            step, loss, norm = bad if bad is not None else (self.step, math.nan, math.nan)
+            self._diverged(loss, norm, step)
 
     def check_deferred(self) -> None:
         """Stop with the divergence error if a step since the last check was not finite.
@@ -236,6 +220,9 @@ class Trainer:
         The steps after it were applied (with non-finite numbers), but nothing is saved before
         this check, so the last good checkpoint is what remains, as with the per-step check.
         """
+        if self.dist.enabled:
+            self._agree()
+            return
         bad = self.deferred.first() if self.deferred is not None else None
         if bad is not None:
             step, loss, norm = bad
@@ -299,20 +286,14 @@ class Trainer:
             self.step_fn.net = self.model
 
     def _started(self) -> ev.Started:
-        t = self.config.train
+        t, splits = self.config.train, self.data.splits
         return ev.Started(
-            run_dir=str(self.run_dir),
-            device=str(self.device),
-            precision=self.precision.name,
-            precision_probe=self.precision.probe,
-            parameters=self.model.num_parameters(),
-            vocab_size=len(self.data.vocab),
-            train_chars=len(self.data.splits.train),
-            val_chars=len(self.data.splits.val),
-            max_steps=t.max_steps,
-            max_time=t.max_time,
-            step=self.step,
-        )
+            run_dir=str(self.run_dir), device=str(self.device),
+            precision=self.precision.name, precision_probe=self.precision.probe,
+            parameters=self.model.num_parameters(), vocab_size=len(self.data.vocab),
+            train_chars=len(splits.train), val_chars=len(splits.val),
+            max_steps=t.max_steps, max_time=t.max_time, step=self.step,
+        )  # fmt: skip
 
     def train_step(self) -> float:
         """One step of the schedule, its batch read here; -> its learning rate."""
@@ -344,28 +325,38 @@ class Trainer:
         window_time = 0.0
         start = time.perf_counter() - c.elapsed
         self.clock_start = start
+        evals = Cadence(t.eval_interval, t.eval_every_s, c.elapsed)
+        saves = Cadence(t.checkpoint_interval, t.checkpoint_every_s, c.elapsed)
         while True:
             step_start = time.perf_counter()
             lr = self.train_step()
+            logging = c.step % t.log_interval == 0
+            if logging:  # chars/s is the device's speed, not how fast steps were queued
+                prec.synchronize(self.device)
             window_time += time.perf_counter() - step_start
+            if logging and self.dist.enabled:
+                self._agree()
             c.elapsed = self.agreed_elapsed if self.dist.enabled else time.perf_counter() - start
             done = (t.max_steps is not None and c.step >= t.max_steps) or (
                 t.max_time is not None and c.elapsed >= t.max_time
             )
             row: dict[str, float | int] = {}
-            if c.step % t.log_interval == 0 or done:
+            if logging or done:
                 row = self._train_row(lr, window_time)
                 window_time = 0.0
-            if c.step % t.eval_interval == 0 or done:
+            scheduled = evals.due(c.step, c.elapsed)
+            if scheduled or done:
                 row = row or {"step": c.step, "elapsed_s": round(c.elapsed, 3)}
-                row.update(self._eval_row(done))
+                row.update(self._eval_row(done, scheduled))
+                evals.fired(c.elapsed)
             if row and self.dist.is_main:
                 metrics.write(row)
                 self.emit(ev.Logged(step=c.step, elapsed_s=float(row["elapsed_s"]), row=row))
             signum = self.agreed_signal if self.dist.enabled else self.stop.signum
             stopping = signum is not None and not done
-            if c.step % t.checkpoint_interval == 0 or done or stopping:
+            if saves.due(c.step, c.elapsed) or done or stopping:
                 self.save_step()
+                saves.fired(c.elapsed)
             if done:
                 break
             if signum is not None and stopping:
@@ -391,7 +382,7 @@ class Trainer:
         self.window.steps = 0
         return row
 
-    def _eval_row(self, done: bool) -> dict[str, float | int]:
+    def _eval_row(self, done: bool, scheduled: bool) -> dict[str, float | int]:
         """An eval on the schedule (or at the end); the best checkpoint follows its score.
 
         Every eval that picks the best checkpoint scores the same text (the first eval_chars of
@@ -403,7 +394,7 @@ class Trainer:
         result = self.final_eval() if whole else self.evaluate(full=False)
         if not done:  # the last evals run after the clock has stopped
             c.eval_s += result.seconds
-        if c.step % self.config.train.eval_interval == 0:
+        if scheduled:
             c.interval_evals += 1
         c.last_val = result
         row: dict[str, float | int] = {"val_loss": result.loss, "val_bpc": result.bpc}
