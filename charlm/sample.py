@@ -16,6 +16,8 @@ the device.
 
 from __future__ import annotations
 
+import copy
+import functools
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -27,6 +29,7 @@ from torch import nn
 from charlm import stepper as steps
 from charlm.errors import CharlmError
 from charlm.model import CharLM
+from charlm.precision import time_steps
 from charlm.sample_options import SampleOptions
 from charlm.stepper import make_stepper
 from charlm.vocab import Vocab
@@ -346,6 +349,35 @@ def resolve_precision(
         return options, {}
     chosen, timings = steps.auto_precision(model, options.batch)
     return replace(options, precision=chosen), timings
+
+
+def choose_device(model: nn.Module, options: SampleOptions) -> tuple[nn.Module, dict[str, float]]:
+    """`--device auto` for sampling: the model (given on the CPU) where its steps run faster.
+
+    Why: a sampling step is a few small products and element-wise calls per layer, so at small
+    batches a GPU spends it launching kernels and the CPU can be as fast or faster; at large
+    batches the GPU wins. Both are timed at the batch and precision that will be sampled (fp32
+    when the precision is auto, int8 only exists on the CPU) and the faster is taken. -> (the
+    model on that device, seconds per step on each device; empty when there is no GPU).
+    """
+    if not torch.cuda.is_available():
+        return model, {}
+    gpu = copy.deepcopy(model).to("cuda")
+    precision = "fp32" if options.precision == "auto" else options.precision
+    devices = {"cpu": model, "cuda": gpu}
+    builders = {
+        name: (
+            torch.device(name),
+            functools.partial(make_stepper, m, True, precision, options.batch),
+        )
+        for name, m in devices.items()
+    }
+    timings = time_steps(builders, options.batch)
+    best = min(timings, key=timings.__getitem__) if timings else "cpu"
+    if best == "cpu":
+        del gpu
+        torch.cuda.empty_cache()
+    return devices[best], timings
 
 
 def check_threads(threads: int | None) -> None:

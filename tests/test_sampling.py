@@ -604,3 +604,60 @@ def test_interactive_ends_cleanly_on_ctrl_c(monkeypatch: pytest.MonkeyPatch) -> 
     monkeypatch.setattr(sys, "stdin", Interrupting())
     prompt_loop(lambda prime, echo_prime: calls.append(prime))  # returns: no exception
     assert calls == []
+
+
+def test_time_steps_times_each_stepper_and_leaves_out_what_cannot_run() -> None:
+    from charlm.precision import time_steps
+    from charlm.stepper import make_stepper
+
+    model = random_model("lstm")
+    cpu = torch.device("cpu")
+
+    def refused() -> Any:
+        raise CharlmError("no such stepper here")
+
+    timings = time_steps(
+        {
+            "fast": (cpu, lambda: make_stepper(model, True, "fp32", 2)),
+            "generic": (cpu, lambda: make_stepper(model, False, "fp32", 2)),
+            "refused": (cpu, refused),
+        },
+        batch=2,
+        budget_s=0.0,
+    )
+    assert set(timings) == {"fast", "generic"}
+    assert all(0 < seconds < 1 for seconds in timings.values())
+
+
+def test_sampling_on_a_machine_without_a_gpu_stays_on_the_cpu(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from charlm.sample import choose_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    model = random_model("gru")
+    chosen, timings = choose_device(model, SampleOptions(num_samples=4))
+    assert chosen is model and timings == {}
+
+
+def test_cli_device_auto_names_the_timed_pick(
+    trained_run: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import charlm.sample as sample_module
+
+    batches: list[int] = []
+
+    def timed(model: nn.Module, options: SampleOptions) -> tuple[nn.Module, dict[str, float]]:
+        batches.append(options.batch)
+        assert next(model.parameters()).device.type == "cpu"  # loaded on the CPU to be timed
+        return model, {"cpu": 1.2e-4, "cuda": 3.4e-4}
+
+    monkeypatch.setattr(sample_module, "choose_device", timed)
+    auto = runner.invoke(app, ["sample", str(trained_run), "-n", "30", "-s", "4"])
+    assert auto.exit_code == 0, auto.output
+    assert "device: cpu (auto: a step of 1 took 120 us on cpu, 340 us on cuda)" in auto.stderr
+    pinned = runner.invoke(
+        app, ["sample", str(trained_run), "--device", "cpu", "-n", "30", "-s", "4"]
+    )
+    assert pinned.stdout == auto.stdout and "device:" not in pinned.stderr
+    assert batches == [1]
