@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ import torch.nn.functional as F
 from charlm.batches import eval_segments, split_ids
 from charlm.errors import CharlmError
 from charlm.model import CharLM
+from charlm.precision import check_precision
 
 EVAL_CHUNK = 256
 
@@ -43,6 +45,56 @@ class EvalResult:
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "chars_per_s": round(self.chars_per_s, 1)}
 
+    @classmethod
+    def from_total(cls, total: float, chars: int, streams: int, began: float) -> EvalResult:
+        """The scores of a summed loss over `chars` characters, timed from `began`."""
+        loss = total / chars
+        return cls(
+            loss=loss,
+            bpc=loss / math.log(2),
+            perplexity=math.exp(min(loss, 700.0)),
+            chars=chars,
+            streams=streams,
+            seconds=time.perf_counter() - began,
+        )
+
+
+@contextmanager
+def scoring(model: CharLM, precision: str | None) -> Iterator[torch.device]:
+    """The model in eval mode for the block (its mode put back after); -> its device.
+
+    `precision` is one named sampling precision: `auto` (the sampler's timed pick) is refused,
+    as by `charlm eval`."""
+    if precision is not None:
+        check_precision(precision, auto=False)
+    was_training = model.training
+    model.eval()
+    try:
+        yield next(model.parameters()).device
+    finally:
+        model.train(was_training)
+
+
+def summed_loss(
+    model: CharLM, x: torch.Tensor, y: torch.Tensor, chunk_len: int, precision: str | None
+) -> torch.Tensor:
+    """The float64 sum of the losses of y given x, every row from a zero state (-1: unscored);
+    through the model's forward, or with `precision` through the sampling steps."""
+    chunks = (
+        model_chunks(model, x, chunk_len)
+        if precision is None
+        else step_chunks(model, x, chunk_len, precision)
+    )
+    total = torch.zeros((), dtype=torch.float64, device=x.device)
+    for t, logits in chunks:
+        total += F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]).float(),
+            y[:, t : t + chunk_len].reshape(-1),
+            ignore_index=-1,
+            reduction="sum",
+        ).double()
+    return total
+
 
 @torch.no_grad()
 def evaluate_ids(
@@ -62,44 +114,16 @@ def evaluate_ids(
     sampling in it costs the model, in the same units. It is one named precision: `auto` (the
     sampler's timed pick) is refused here as by `charlm eval`.
     """
-    if precision is not None:
-        from charlm.precision import check_precision
-
-        check_precision(precision, auto=False)
     start = time.perf_counter()
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
-    x, y, count = eval_segments(ids, streams)
-    n_streams = x.shape[0]
-    if rows is not None:
-        x, y = x[rows(n_streams)], y[rows(n_streams)]
-    x, y = x.to(device), y.to(device)
-    total = torch.zeros((), dtype=torch.float64, device=device)
-    chunks = (
-        model_chunks(model, x, chunk_len)
-        if precision is None
-        else step_chunks(model, x, chunk_len, precision)
-    )
-    for t, logits in chunks:
-        total += F.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]).float(),
-            y[:, t : t + chunk_len].reshape(-1),
-            ignore_index=-1,
-            reduction="sum",
-        ).double()
-    model.train(was_training)
+    with scoring(model, precision) as device:
+        x, y, count = eval_segments(ids, streams)
+        n_streams = x.shape[0]
+        if rows is not None:
+            x, y = x[rows(n_streams)], y[rows(n_streams)]
+        total = summed_loss(model, x.to(device), y.to(device), chunk_len, precision)
     if reduce is not None:
         total = reduce(total)
-    loss = float(total) / count
-    return EvalResult(
-        loss=loss,
-        bpc=loss / math.log(2),
-        perplexity=math.exp(min(loss, 700.0)),
-        chars=count,
-        streams=n_streams,
-        seconds=time.perf_counter() - start,
-    )
+    return EvalResult.from_total(float(total), count, n_streams, start)
 
 
 @torch.no_grad()
@@ -126,43 +150,16 @@ def evaluate_windows(
         raise CharlmError(f"window {window}: longer than the text ({len(ids)} characters)")
     if batch < 1:
         raise CharlmError(f"batch {batch}: need at least 1 window at a time")
-    if precision is not None:
-        from charlm.stepper import check_precision
-
-        check_precision(precision, auto=False)
     start = time.perf_counter()
-    was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
     n_windows = len(ids) // window
     windows = torch.from_numpy(np.asarray(ids[: n_windows * window], dtype=np.int64))
     windows = windows.reshape(n_windows, window)
-    total = torch.zeros((), dtype=torch.float64, device=device)
-    for first in range(0, n_windows, batch):
-        part = windows[first : first + batch].to(device)
-        x, y = part[:, :-1], part[:, 1:]
-        chunks = (  # both start every row from a zero state
-            model_chunks(model, x, chunk_len)
-            if precision is None
-            else step_chunks(model, x, chunk_len, precision)
-        )
-        for t, logits in chunks:
-            total += F.cross_entropy(
-                logits.reshape(-1, logits.shape[-1]).float(),
-                y[:, t : t + chunk_len].reshape(-1),
-                reduction="sum",
-            ).double()
-    model.train(was_training)
-    count = n_windows * (window - 1)
-    loss = float(total) / count
-    return EvalResult(
-        loss=loss,
-        bpc=loss / math.log(2),
-        perplexity=math.exp(min(loss, 700.0)),
-        chars=count,
-        streams=n_windows,
-        seconds=time.perf_counter() - start,
-    )
+    total = 0.0
+    with scoring(model, precision) as device:
+        for first in range(0, n_windows, batch):
+            part = windows[first : first + batch].to(device)  # each row from a zero state
+            total += float(summed_loss(model, part[:, :-1], part[:, 1:], chunk_len, precision))
+    return EvalResult.from_total(total, n_windows * (window - 1), n_windows, start)
 
 
 def model_chunks(

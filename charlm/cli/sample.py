@@ -103,17 +103,10 @@ def sample(
     from charlm.vocab import check_unknown_policy
 
     options = SampleOptions(
-        length=length,
-        temperature=temperature,
-        top_k=top_k,
-        top_p=top_p,
-        seed=seed,
-        num_samples=num_samples,
-        stops=parse_stops(stop or []),
-        unknown=unknown,
-        precision=precision,
-        beam=beam,
-    )
+        length=length, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+        num_samples=num_samples, stops=parse_stops(stop or []), unknown=unknown,
+        precision=precision, beam=beam,
+    )  # fmt: skip
     check_threads(threads)
     check_unknown_policy(unknown)
     if interactive and prime:
