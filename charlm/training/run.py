@@ -21,7 +21,7 @@ from charlm.rundir import (
     write_summary,
 )
 from charlm.training.loop import Trainer
-from charlm.training.outcome import TrainResult
+from charlm.training.outcome import TrainingInterrupted, TrainResult, interrupted_summary
 
 
 def train(
@@ -78,8 +78,12 @@ def run_recorded(trainer: Trainer) -> TrainResult:
     with trainer.stop.routed():
         result = _recorded(trainer)
         _draw_curves(trainer)
-    if trainer.stop.signum is not None:  # summary.json then says so, and a resume finishes it
-        trainer.interrupted(trainer.stop.signum)
+    signum = trainer.stop.signum
+    if signum is not None:  # summary.json then says so, and a resume finishes the run
+        stop = TrainingInterrupted(signum, trainer.step, result.last_checkpoint, trainer.run_dir)
+        write_summary(trainer.run_dir, interrupted_summary(stop))  # rank 0 alone is here
+        trainer.emit(ev.Interrupted(signal=stop.signal_name, step=trainer.step))
+        raise stop
     return result
 
 
