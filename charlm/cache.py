@@ -30,6 +30,7 @@ import numpy as np
 from charlm.config import DataConfig
 from charlm.corpus import CHUNK_BYTES, CorpusSource, corpus_source
 from charlm.errors import CharlmError
+from charlm.files import atomic_open
 from charlm.vocab import UNKNOWN_CHAR, Vocab
 
 FORMAT = "charlm-ids"
@@ -239,9 +240,8 @@ def _write_cache(
     path: Path, source: CorpusSource, header: dict[str, Any], vocab: Vocab, chunk_bytes: int
 ) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     try:
-        with tmp.open("w+b") as f:
+        with atomic_open(path, "w+b") as f:
             written = _write_ids(f, source, vocab, chunk_bytes)
             if written != header["chars"]:
                 raise CharlmError(
@@ -254,17 +254,12 @@ def _write_cache(
             f.seek(0, os.SEEK_END)
             body = json.dumps(header, ensure_ascii=True).encode("ascii")
             f.write(body + len(body).to_bytes(8, "little") + hashlib.sha256(body).digest() + MAGIC)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
     except OSError as e:
         raise CharlmError(
             f"{path}: cannot write the corpus id cache ({e.strerror or e}); set data.cache_dir "
             f"to a writable folder with room for about {header['chars']:,} x "
             f"{np.dtype(vocab.dtype).itemsize} bytes"
         ) from None
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def read_header(path: Path) -> tuple[dict[str, Any] | None, str]:

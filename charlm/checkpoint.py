@@ -21,6 +21,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save as safetensors_save
 
+from charlm import files
 from charlm.errors import CharlmError
 
 FORMAT = "charlm-checkpoint"
@@ -75,39 +76,6 @@ def unpack_optimizer(tensors: dict[str, torch.Tensor], record: dict[str, Any]) -
     return {"state": state, "param_groups": record["param_groups"]}
 
 
-def _fsync_dir(folder: Path) -> None:
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write via a temporary file in the same folder, fsync, rename, fsync the folder."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        tmp.unlink(missing_ok=True)
-        if isinstance(e, OSError):
-            raise CharlmError(
-                f"{path}: could not write the checkpoint ({e.strerror or e}); "
-                f"the previous checkpoint is intact"
-            ) from None
-        raise
-    _fsync_dir(path.parent)
-
-
 def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
     """SHA-256 over every tensor's name, dtype, shape and bytes, so damage to the payload shows."""
     h = hashlib.sha256()
@@ -127,7 +95,7 @@ def save_checkpoint(path: Path, tensors: dict[str, torch.Tensor], record: dict[s
     cpu = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
     meta = {**record, "format": FORMAT, "version": VERSION, "tensors_sha256": tensor_digest(cpu)}
     data = safetensors_save(cpu, metadata={"charlm": json.dumps(meta)})
-    atomic_write_bytes(path, data)
+    files.atomic_write_bytes(path, data, "the checkpoint", "; the previous checkpoint is intact")
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:

@@ -8,13 +8,13 @@ like the corpus.
 from __future__ import annotations
 
 import hashlib
-import os
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 from charlm.errors import CharlmError
+from charlm.files import atomic_open
 
 _BLOCK = 1 << 16
 
@@ -72,10 +72,9 @@ def fetch(
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise CharlmError(f"{dest}: cannot create the folder ({e.strerror or e})") from None
-    tmp = target.with_name(f"{target.name}.tmp-{os.getpid()}")
     sha, size = hashlib.sha256(), 0
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response, tmp.open("wb") as out:
+        with urllib.request.urlopen(url, timeout=timeout) as response, atomic_open(target) as out:
             while size <= known.size:  # one byte more than expected is enough to refuse
                 block = response.read(_BLOCK)
                 if not block:
@@ -83,19 +82,16 @@ def fetch(
                 sha.update(block)
                 out.write(block)
                 size += len(block)
-            out.flush()
-            os.fsync(out.fileno())
-        if size != known.size or sha.hexdigest() != known.sha256:
-            got = (
-                f"more than {known.size:,} bytes"
-                if size > known.size
-                else f"{size:,} bytes, SHA-256 {sha.hexdigest()}"
-            )
-            raise CharlmError(
-                f"{url}: the download does not match {name} (got {got}; expected "
-                f"{known.size:,} bytes, SHA-256 {known.sha256}); nothing was saved"
-            )
-        os.replace(tmp, target)
+            if size != known.size or sha.hexdigest() != known.sha256:
+                got = (
+                    f"more than {known.size:,} bytes"
+                    if size > known.size
+                    else f"{size:,} bytes, SHA-256 {sha.hexdigest()}"
+                )
+                raise CharlmError(
+                    f"{url}: the download does not match {name} (got {got}; expected "
+                    f"{known.size:,} bytes, SHA-256 {known.sha256}); nothing was saved"
+                )
     except urllib.error.HTTPError as e:
         raise CharlmError(f"{url}: download failed (HTTP {e.code} {_one_line(e.reason)})") from None
     except urllib.error.URLError as e:
@@ -109,6 +105,4 @@ def fetch(
         raise CharlmError(
             f"{url}: download of {name} failed ({_one_line(e.strerror or e)}); nothing was saved"
         ) from None
-    finally:
-        tmp.unlink(missing_ok=True)
     return target, True

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from charlm.errors import CharlmError
+from charlm.files import atomic_write_text, write_failed
 
 CONFIG_NAME = "config.yaml"
 METRICS_NAME = "metrics.jsonl"
@@ -82,10 +83,8 @@ def check_resume_dir(path: Path) -> None:
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
-    """Write a JSON file whole or not at all (a temporary file, then a rename)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    """Write a JSON file whole or not at all; a failure is one CharlmError naming the file."""
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n", path.name)
 
 
 def write_config(run_dir: Path, config_yaml: str, precision: str | None = None) -> None:
@@ -102,7 +101,7 @@ def write_config(run_dir: Path, config_yaml: str, precision: str | None = None) 
     with contextlib.suppress(OSError):
         if path.read_text(encoding="utf-8") == text:
             return
-    path.write_text(text, encoding="utf-8")
+    atomic_write_text(path, text, CONFIG_NAME)
 
 
 class MetricsLog:
@@ -141,9 +140,7 @@ def rollback_metrics(run: Path, step: int) -> int:
             kept.append(line)
     dropped = len(lines) - len(kept)
     if dropped:
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-        os.replace(tmp, path)
+        atomic_write_text(path, "".join(line + "\n" for line in kept), METRICS_NAME)
     return dropped
 
 
@@ -160,7 +157,11 @@ def running_lock(run_dir: Path) -> Iterator[None]:
         yield
         return
     path = run_dir / LOCK_NAME
-    with path.open("w") as f:
+    try:
+        f = path.open("w")
+    except OSError as e:
+        raise write_failed(path, e, "the lock of a running run") from None
+    with f:
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:

@@ -22,6 +22,7 @@ from safetensors.torch import save_file
 from typer.testing import CliRunner
 
 from charlm import checkpoint as ckpt
+from charlm import files
 from charlm.cli import app
 from charlm.errors import CharlmError
 from charlm.training import Trainer, TrainingDiverged, resume, train
@@ -79,7 +80,7 @@ def _fail_save_of_step_20(monkeypatch: pytest.MonkeyPatch, how: str) -> None:
     if how == "rename":
         monkeypatch.setattr(ckpt.os, "replace", replace)
     else:
-        monkeypatch.setattr(ckpt, "open", fake_open, raising=False)
+        monkeypatch.setattr(files, "open", fake_open, raising=False)
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,7 @@ else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import functools
+import signal
 import sys
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -75,8 +76,17 @@ def split_train_args(args: list[str]) -> tuple[str | None, list[str]]:
     return (configs[0] if configs else None), overrides
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    """Ctrl-C outside training: a KeyboardInterrupt as usual (exit 130), and the ones after it
+    ignored, so none can land in the exit itself (a traceback from an atexit hook, or death by
+    the signal instead of exit code 130)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
 def main() -> None:
     """Run the app; a usage mistake (bad option value, unknown option) is one line and exit 1."""
+    signal.signal(signal.SIGINT, _interrupt)
     try:
         code = app(standalone_mode=False)
     except typer.Abort:

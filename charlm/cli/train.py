@@ -60,6 +60,7 @@ def train(
     from charlm.training import TrainingInterrupted
     from charlm.training import resume as resume_training
     from charlm.training import train as run_training
+    from charlm.training.signals import ignored_after_stop
 
     config_path, overrides = split_train_args(args or [])
     _check_resume(resume, config_path, out)
@@ -69,15 +70,16 @@ def train(
     follower = distributed.is_follower()
     show = ProgressView(plain=quiet or follower or not err.is_terminal)
     keep_freed_memory()  # the whole process is ours: keep a step's freed buffers for the next
-    try:
-        if resume is not None:
-            with show:
-                result = resume_training(resume, overrides, on_event=show.handle)
-        else:
-            config = load_config(config_path, overrides)
-            run_dir = out if out is not None else default_run_dir(config_path)
-            with show:
-                result = run_training(config, run_dir, on_event=show.handle)
+    try:  # this process only stops after a stop: a second Ctrl-C must not cut that short
+        with ignored_after_stop():
+            if resume is not None:
+                with show:
+                    result = resume_training(resume, overrides, on_event=show.handle)
+            else:
+                config = load_config(config_path, overrides)
+                run_dir = out if out is not None else default_run_dir(config_path)
+                with show:
+                    result = run_training(config, run_dir, on_event=show.handle)
     except TrainingInterrupted as stop:
         _finish_report()
         if not follower:
@@ -164,6 +166,7 @@ def sweep(
     from charlm.runs import compare_runs
     from charlm.sweep import default_sweep_dir, run_sweep
     from charlm.training import TrainingInterrupted
+    from charlm.training.signals import ignored_after_stop
 
     path, overrides = split_train_args(args)
     if path is None:
@@ -177,7 +180,8 @@ def sweep(
     view = SweepView(plain=quiet or not err.is_terminal)
     keep_freed_memory()
     try:
-        result = run_sweep(experiment, folder, on_event=view.handle)
+        with ignored_after_stop():
+            result = run_sweep(experiment, folder, on_event=view.handle)
     except TrainingInterrupted as stop:
         view.close()
         again = shlex.join(["charlm", "sweep", *args, "--out", str(folder)])

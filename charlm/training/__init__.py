@@ -1,9 +1,10 @@
 """Training a model: `train` a new run, `resume` one, and what they return or raise.
 
 step.py is one training step, state.py what a checkpoint holds, loop.py the `Trainer` (the loop,
-agreement across processes), schedule.py the learning rate and the cadence of evals and saves,
-run.py a new run's setup, resume.py a resumed one; data.py the corpus splits, signals.py Ctrl-C
-and SIGTERM, outcome.py the result, errors and summary.
+agreement across processes), ending.py the end of the loop (the last step's evals, the
+summary), schedule.py the learning rate and the cadence of evals and saves, run.py a new run's
+setup, resume.py a resumed one; data.py the corpus splits, signals.py Ctrl-C and SIGTERM,
+outcome.py the result, errors and summary.
 """
 
 from charlm.training.data import Data, prepare_data

@@ -27,12 +27,11 @@ from charlm.model import CharLM, resolve_device
 from charlm.rundir import CHECKPOINT_DIR, METRICS_NAME, MetricsLog, Summary, write_summary
 from charlm.training import state as st
 from charlm.training.data import prepare_data
+from charlm.training.ending import RunEnd
 from charlm.training.outcome import (
     TrainingDiverged,
-    TrainingInterrupted,
     TrainResult,
     diverged_message,
-    finished_summary,
 )
 from charlm.training.schedule import Cadence, lr_at
 from charlm.training.signals import StopSignals
@@ -51,7 +50,7 @@ WHOLE_SPLIT_SHARE = 0.9
 split: the end of the run would otherwise score almost the same text twice."""
 
 
-class Trainer:
+class Trainer(RunEnd):
     """One training run.
 
     Under torchrun (`info.enabled`) every process builds the same model and reads the same global
@@ -109,7 +108,6 @@ class Trainer:
         self.agreed_signal: int | None = None
         self.agreed_elapsed = 0.0
         self.clock_start = time.perf_counter()
-        self.final_eval_s = 0.0
 
     def _parts(self, averaged: CharLM | None) -> list[st.Part]:
         """Everything a checkpoint holds, in the order it is written and restored."""
@@ -133,10 +131,6 @@ class Trainer:
             st.Scaler(self.step_fn.scaler),
             st.Rng(),
         ]  # fmt: skip
-
-    @property
-    def step(self) -> int:
-        return self.counters.step
 
     @property
     def scored(self) -> CharLM:
@@ -263,7 +257,7 @@ class Trainer:
         """The whole val split, scored once the budget is spent; reported as it starts and ends."""
         self.emit(ev.FinalEvalStarted(step=self.step, chars=len(self.data.splits.val)))
         result = self.evaluate(full=True)
-        self.final_eval_s += result.seconds
+        self.counters.final_eval_s += result.seconds
         self.emit(ev.FinalEvalFinished(self.step, result.seconds, result.loss, result.bpc))
         return result
 
@@ -314,6 +308,7 @@ class Trainer:
         self.step_fn.apply(c.step)
         self.window.loss += done.loss
         c.step += 1
+        c.final, c.final_eval_s = False, 0.0  # a run trained further has its end ahead again
         self.window.steps += 1
         return lr
 
@@ -327,7 +322,9 @@ class Trainer:
         self.clock_start = start
         evals = Cadence(t.eval_interval, t.eval_every_s, c.elapsed)
         saves = Cadence(t.checkpoint_interval, t.checkpoint_every_s, c.elapsed)
-        while True:
+        row: dict[str, float | int] = {}
+        scheduled = False
+        while not self.spent():
             step_start = time.perf_counter()
             lr = self.train_step()
             logging = c.step % t.log_interval == 0
@@ -337,31 +334,26 @@ class Trainer:
             if logging and self.dist.enabled:
                 self._agree()
             c.elapsed = self.agreed_elapsed if self.dist.enabled else time.perf_counter() - start
-            done = (t.max_steps is not None and c.step >= t.max_steps) or (
-                t.max_time is not None and c.elapsed >= t.max_time
-            )
-            row: dict[str, float | int] = {}
-            if logging or done:
+            row = {}
+            if logging or self.spent():
                 row = self._train_row(lr, window_time)
                 window_time = 0.0
             scheduled = evals.due(c.step, c.elapsed)
-            if scheduled or done:
-                row = row or {"step": c.step, "elapsed_s": round(c.elapsed, 3)}
-                row.update(self._eval_row(done, scheduled))
+            if self.spent():
+                break  # the last step's evals, line and checkpoint: `conclude`
+            if scheduled:
+                row = row or self.row_head()
+                row.update(self.eval_row(False, scheduled))
                 evals.fired(c.elapsed)
-            if row and self.dist.is_main:
-                metrics.write(row)
-                self.emit(ev.Logged(step=c.step, elapsed_s=float(row["elapsed_s"]), row=row))
-            signum = self.agreed_signal if self.dist.enabled else self.stop.signum
-            stopping = signum is not None and not done
-            if saves.due(c.step, c.elapsed) or done or stopping:
+            self.log(metrics, row)
+            signum = self.signal()
+            if saves.due(c.step, c.elapsed) or signum is not None:
                 self.save_step()
                 saves.fired(c.elapsed)
-            if done:
-                break
-            if signum is not None and stopping:
-                self._interrupted(signum)
-        return self._finish()
+            if signum is not None:
+                self.interrupted(signum)
+        self.conclude(metrics, row, scheduled)
+        return self.finish()
 
     def _train_row(self, lr: float, window_time: float) -> dict[str, float | int]:
         """The metrics of the steps since the last line; starts a new window."""
@@ -382,7 +374,7 @@ class Trainer:
         self.window.steps = 0
         return row
 
-    def _eval_row(self, done: bool, scheduled: bool) -> dict[str, float | int]:
+    def eval_row(self, done: bool, scheduled: bool) -> dict[str, float | int]:
         """An eval on the schedule (or at the end); the best checkpoint follows its score.
 
         Every eval that picks the best checkpoint scores the same text (the first eval_chars of
@@ -402,47 +394,7 @@ class Trainer:
             c.best_val_loss, c.best_step = result.loss, c.step
             self.save(self.run_dir / CHECKPOINT_DIR / ckpt.BEST_NAME)
         if done and not whole:
-            self.final_eval_s += result.seconds
+            c.final_eval_s += result.seconds
             c.last_val = self.final_eval()
             row.update({"final_val_loss": c.last_val.loss, "final_val_bpc": c.last_val.bpc})
         return row
-
-    def _interrupted(self, signum: int) -> None:
-        assert self.last_checkpoint is not None
-        stop = TrainingInterrupted(signum, self.step, self.last_checkpoint, self.run_dir)
-        self.write_summary(
-            Summary(
-                status="interrupted",
-                signal=stop.signal_name,
-                steps=self.step,
-                last_checkpoint=str(self.last_checkpoint),
-                resume=stop.resume_command,
-            )
-        )  # the others exit only after rank 0 has written
-        self.emit(ev.Interrupted(signal=stop.signal_name, step=self.step))
-        raise stop
-
-    def _finish(self) -> TrainResult:
-        c, t = self.counters, self.config.train
-        assert c.last_val is not None and self.last_checkpoint is not None
-        train_chars = c.step * t.batch_size * t.seq_len
-        result = TrainResult(
-            run_dir=self.run_dir,
-            steps=c.step,
-            elapsed_s=c.elapsed,
-            chars_per_s=train_chars / max(c.elapsed, 1e-9),
-            eval_s=c.eval_s,
-            parameters=self.model.num_parameters(),
-            final_val=c.last_val,
-            best_val_loss=c.best_val_loss,
-            best_step=c.best_step,
-            last_checkpoint=self.last_checkpoint,
-            best_checkpoint=self.run_dir / CHECKPOINT_DIR / ckpt.BEST_NAME,
-            final_eval_s=self.final_eval_s,
-            interval_evals=c.interval_evals,
-            precision=self.precision.name,
-        )
-        summary = finished_summary(result, self.precision)
-        self.write_summary(summary)
-        self.emit(ev.Ended(summary))
-        return result

@@ -7,11 +7,17 @@ import shlex
 import signal
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from charlm.checkpoint import BEST_NAME
 from charlm.errors import CharlmError
 from charlm.evaluate import EvalResult
 from charlm.precision import TrainPrecision
-from charlm.rundir import Summary
+from charlm.rundir import CHECKPOINT_DIR, Summary
+
+if TYPE_CHECKING:
+    from charlm.config import TrainConfig
+    from charlm.training.state import Counters
 
 
 def resume_command(run_dir: Path) -> str:
@@ -94,6 +100,40 @@ def diverged_message(
         f"training diverged at step {step}: loss {loss:.4g}, gradient norm {norm:.4g} "
         f"(not finite); {outcome}; {where}. Try a lower train.lr or a "
         f"train.grad_clip > 0 in a new run"
+    )
+
+
+def train_result(
+    c: Counters, t: TrainConfig, run_dir: Path, parameters: int, last: Path, precision: str
+) -> TrainResult:
+    """The result of a run that has spent its budget, from where it stands (`c`)."""
+    assert c.last_val is not None
+    train_chars = c.step * t.batch_size * t.seq_len
+    return TrainResult(
+        run_dir=run_dir,
+        steps=c.step,
+        elapsed_s=c.elapsed,
+        chars_per_s=train_chars / max(c.elapsed, 1e-9),
+        eval_s=c.eval_s,
+        parameters=parameters,
+        final_val=c.last_val,
+        best_val_loss=c.best_val_loss,
+        best_step=c.best_step,
+        last_checkpoint=last,
+        best_checkpoint=run_dir / CHECKPOINT_DIR / BEST_NAME,
+        final_eval_s=c.final_eval_s,
+        interval_evals=c.interval_evals,
+        precision=precision,
+    )
+
+
+def interrupted_summary(stop: TrainingInterrupted) -> Summary:
+    return Summary(
+        status="interrupted",
+        signal=stop.signal_name,
+        steps=stop.step,
+        last_checkpoint=str(stop.checkpoint),
+        resume=stop.resume_command,
     )
 
 

@@ -23,6 +23,7 @@ from charlm.rundir import (
     rollback_metrics,
     write_config,
 )
+from charlm.runs import read_summary
 from charlm.training.loop import Trainer
 from charlm.training.outcome import TrainResult
 from charlm.training.run import auto_resolved, run_recorded
@@ -62,7 +63,8 @@ def recorded_precision(checkpoint: ckpt.Checkpoint) -> TrainPrecision | None:
 def resume(
     run_dir: str | Path, overrides: Sequence[str] = (), on_event: ev.Callback | None = None
 ) -> TrainResult:
-    """Continue a run from its newest intact step checkpoint, exactly as if it never stopped.
+    """Continue a run from its newest intact step checkpoint, exactly as if it never stopped;
+    a run whose training is complete is finished (final evals, summary.json, curves.png).
 
     Exact (bit for bit on the same device) for step-bounded runs with unchanged budgets; a run
     bounded only by `max_time` schedules its learning rate by elapsed time, which is not.
@@ -106,6 +108,7 @@ def _resume(
     def tidy() -> None:
         if info.is_main:
             ckpt.remove_temp_files(ckpt_dir)
+            ckpt.remove_temp_files(run_dir)  # summary.json or metrics.jsonl cut off mid-write
             rollback_metrics(run_dir, step)
             (run_dir / SUMMARY_NAME).unlink(missing_ok=True)
             write_config(run_dir, dump_yaml(trainer.config), auto_resolved(trainer))
@@ -122,21 +125,30 @@ def _restore(
     on_event: ev.Callback | None,
     info: Dist,
 ) -> Trainer:
-    """A trainer holding `checkpoint`'s state, after checking the budgets leave work to do."""
+    """A trainer holding `checkpoint`'s state, after checking the budgets leave work to do.
+
+    A spent budget leaves work in a run that is not finished (stopped or killed during its final
+    evals, before its summary.json or its curves): the resumed run then only does what is
+    missing. A finished run is refused.
+    """
     config = resume_config(checkpoint, overrides)
     if config.train.tensorboard:
         tblog.summary_writer_class()  # a missing extra stops here, before any work or writes
     t, step = config.train, checkpoint.step
-    if t.max_steps is not None and step >= t.max_steps:
+    if t.max_steps is not None and step > t.max_steps:
         raise CharlmError(
-            f"{checkpoint.path}: already at step {step}, which train.max_steps={t.max_steps} "
-            f"does not exceed; pass a larger train.max_steps=N to train further"
+            f"{checkpoint.path}: already at step {step}, beyond train.max_steps={t.max_steps}; "
+            f"pass train.max_steps={step} to finish the run there, or more to train further"
         )
     elapsed = float(checkpoint.record.get("elapsed_s", 0.0))
-    if t.max_time is not None and elapsed >= t.max_time:
+    spent = (t.max_steps is not None and step >= t.max_steps) or (
+        t.max_time is not None and elapsed >= t.max_time
+    )
+    summary = read_summary(run_dir)
+    if spent and summary is not None and summary.status == "finished":
+        key = "train.max_steps=N" if t.max_steps is not None else "train.max_time=SECONDS"
         raise CharlmError(
-            f"{checkpoint.path}: already trained {elapsed:.1f} s, which train.max_time="
-            f"{t.max_time:g} does not exceed; pass a larger train.max_time=SECONDS"
+            f"{run_dir}: already finished at step {step}; pass a larger {key} to train further"
         )
     precision = recorded_precision(checkpoint)
     trainer = Trainer(config, run_dir, on_event, info, precision)

@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 from charlm import distributed, tblog
 from charlm import events as ev
 from charlm.config import Config, dump_yaml
+from charlm.errors import CharlmError
 from charlm.precision import TrainPrecision
 from charlm.rundir import (
     SUMMARY_NAME,
@@ -19,7 +21,7 @@ from charlm.rundir import (
     write_summary,
 )
 from charlm.training.loop import Trainer
-from charlm.training.outcome import TrainResult
+from charlm.training.outcome import TrainingInterrupted, TrainResult, interrupted_summary
 
 
 def train(
@@ -65,9 +67,27 @@ def run_recorded(trainer: Trainer) -> TrainResult:
     """Run the trainer (new or resumed) with the extras around it: TensorBoard logging when
     asked, a `failed` summary.json when an error stops it (unless the trainer wrote its own, as
     for interrupted or diverged runs), curves.png when it finishes, and RUN/.running locked
-    meanwhile so `charlm runs` can tell a run in progress from an interrupted one."""
+    meanwhile so `charlm runs` can tell a run in progress from an interrupted one.
+
+    A stop signal is heeded until the end: one that comes while summary.json is written or the
+    curves are drawn stops the run as one during training does (a resume then only writes them
+    again).
+    """
     if not trainer.dist.is_main:  # under torchrun, rank 0 alone writes files
         return trainer.run()
+    with trainer.stop.routed():
+        result = _recorded(trainer)
+        _draw_curves(trainer)
+    signum = trainer.stop.signum
+    if signum is not None:  # summary.json then says so, and a resume finishes the run
+        stop = TrainingInterrupted(signum, trainer.step, result.last_checkpoint, trainer.run_dir)
+        write_summary(trainer.run_dir, interrupted_summary(stop))  # rank 0 alone is here
+        trainer.emit(ev.Interrupted(signal=stop.signal_name, step=trainer.step))
+        raise stop
+    return result
+
+
+def _recorded(trainer: Trainer) -> TrainResult:
     tensorboard = None
     if trainer.config.train.tensorboard:
         tensorboard = tblog.TensorBoardLogger(
@@ -78,15 +98,21 @@ def run_recorded(trainer: Trainer) -> TrainResult:
         trainer.emit = tensorboard.wrap(trainer.emit)
     with running_lock(trainer.run_dir):
         try:
-            result = trainer.run()
+            return trainer.run()
         except Exception as e:
             if not (trainer.run_dir / SUMMARY_NAME).exists():
                 summary = failure_summary(e, trainer.step, trainer.counters.elapsed)
-                write_summary(trainer.run_dir, summary)
+                # The error being raised is the one to report; a disk too full for summary.json
+                # as well must not add a second.
+                with contextlib.suppress(CharlmError):
+                    write_summary(trainer.run_dir, summary)
             raise
         finally:
             if tensorboard is not None:
                 tensorboard.close()
+
+
+def _draw_curves(trainer: Trainer) -> None:
     try:
         from charlm.plots import plot_curves
 
@@ -94,4 +120,3 @@ def run_recorded(trainer: Trainer) -> TrainResult:
     except Exception as e:  # a plot is a convenience: never lose a finished run to it
         reason = " ".join(str(e).split()) or type(e).__name__
         trainer.emit(ev.Warned(f"could not draw curves.png: {reason}"))
-    return result

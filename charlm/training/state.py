@@ -51,6 +51,8 @@ class Counters:
     best_step: int = 0
     last_val: EvalResult | None = None
     interval_evals: int = 0
+    final_eval_s: float = 0.0  # the evals after the clock stopped (the final eval's among them)
+    final: bool = False  # the budget is spent and last_val is the final, whole-split score
 
     def save(self) -> tuple[Tensors, Record]:
         return {}, {
@@ -61,6 +63,8 @@ class Counters:
             "best_step": self.best_step,
             "last_val": None if self.last_val is None else self.last_val.to_dict(),
             "interval_evals": self.interval_evals,
+            "final_eval_s": self.final_eval_s,
+            "final": self.final,
         }
 
     def load(self, checkpoint: ckpt.Checkpoint) -> None:
@@ -76,6 +80,18 @@ class Counters:
             self.last_val = EvalResult(**{k: record["last_val"][k] for k in fields})
         # Older checkpoints did not count their evals; a best score means at least one ran.
         self.interval_evals = int(record.get("interval_evals", best is not None))
+        self.final_eval_s = float(record.get("final_eval_s", 0.0))
+        self.final = record.get("final", self._spent_before(record)) is True
+
+    def _spent_before(self, record: Record) -> bool:
+        """`final` for a checkpoint written before it was recorded: the checkpoint of the step
+        that spent the run's budget was written after that step's evals."""
+        train = (record.get("config") or {}).get("train") or {}
+        steps, seconds = train.get("max_steps"), train.get("max_time")
+        spent = (steps is not None and self.step >= steps) or (
+            seconds is not None and self.elapsed >= seconds
+        )
+        return spent and self.last_val is not None
 
 
 @dataclass
