@@ -3,8 +3,11 @@
 A checkpoint is everything needed to sample, evaluate or resume: model weights, optimizer state,
 the carried hidden state and RNG states as tensors, and a JSON record (config, vocabulary, step,
 time, metrics, data position) in the file's metadata. Loading parses a header and raw tensors; it
-never unpickles, so a hostile file cannot run code. Writes go to a temporary file that is fsynced
-and renamed into place, so a crash or a full disk never leaves a half-written checkpoint.
+never unpickles, so a hostile file cannot run code. SHA-256s of the tensors and of the record show
+damage or edits; the record is then checked field by field and its model against the tensors'
+shapes (charlm/checkpoint_record.py) before anything is built from it. Writes go to a temporary
+file that is fsynced and renamed into place, so a crash or a full disk never leaves a half-written
+checkpoint.
 """
 
 from __future__ import annotations
@@ -141,11 +144,6 @@ def save_checkpoint(path: Path, tensors: dict[str, torch.Tensor], record: dict[s
     meta["record_sha256"] = record_digest(meta)
     data = safetensors_save(cpu, metadata={"charlm": json.dumps(meta)})
     atomic_write_bytes(path, data)
-    try:
-        check_record(path, meta, cpu)
-    except CharlmError:
-        return  # written as asked, but `prune` must load it before it counts as kept
-    _remember_verified(path)
 
 
 def load_checkpoint(path: str | Path, warn: bool = True) -> Checkpoint:
@@ -287,8 +285,9 @@ def prune(folder: Path, keep_last: int) -> list[SetAside]:
     that does not load. Files that fail are moved into the `damaged/` subfolder (a user may
     want them), and returned. The best checkpoint is a separate file and not touched.
 
-    A file this process wrote or loaded, and that is unchanged since (same inode, size and
-    mtime), is not read again: a save then costs no loads in a steady run.
+    A file that passed here once and is unchanged since (same inode, size, mtime and ctime) is
+    not read again, so in a steady run a save costs one load (of the file just written, which
+    also checks that the write landed) instead of `keep_last`.
     """
     if keep_last < 1:
         raise ValueError(f"keep_last must be at least 1, got {keep_last}")
@@ -309,16 +308,16 @@ def prune(folder: Path, keep_last: int) -> list[SetAside]:
     return set_aside
 
 
-_VERIFIED: set[tuple[str, int, int, int]] = set()
-"""Files known to pass every load check, by (path, inode, size, mtime): see `prune`."""
+_VERIFIED: set[tuple[str, int, int, int, int]] = set()
+"""Step files that passed `prune`'s load, by (path, inode, size, mtime, ctime)."""
 
 
-def _stamp(path: Path) -> tuple[str, int, int, int] | None:
+def _stamp(path: Path) -> tuple[str, int, int, int, int] | None:
     try:
         st = path.stat()
     except OSError:
         return None
-    return (str(path.absolute()), st.st_ino, st.st_size, st.st_mtime_ns)
+    return (str(path.absolute()), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
 def _known_good(path: Path) -> bool:
