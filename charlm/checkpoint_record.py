@@ -91,7 +91,11 @@ def check_fields(path: Path, record: dict[str, Any]) -> None:
 
 def model_spec(path: Path, record: dict[str, Any]) -> tuple[Config, Vocab]:
     """The recorded config and vocabulary, each checked; an error names the file."""
-    config = config_from_dict(record.get("config"), where=f"{path} (config record)")
+    where = f"{path} (config record)"
+    try:
+        config = config_from_dict(record.get("config"), where=where)
+    except CharlmError as e:  # a value's own error names the key, not the file
+        raise CharlmError(str(e) if str(e).startswith(where) else f"{where}: {e}") from None
     try:
         vocab = Vocab.from_dict(record.get("vocab"))
     except CharlmError as e:
