@@ -20,6 +20,7 @@ from charlm.errors import CharlmError
 from charlm.vocab import Vocab
 
 _STEP_FILE = re.compile(r"^step-(\d+)\.safetensors$")
+_NAME = re.compile(r"^[A-Za-z0-9_.:+-]{0,64}$")  # a device, precision or torch version
 # Record fields and what each must be when present (`step` must always be there).
 _COUNTS = ("step", "best_step", "interval_evals", "parameters")
 _SECONDS = ("elapsed_s", "eval_s")
@@ -79,8 +80,9 @@ def check_fields(path: Path, record: dict[str, Any]) -> None:
         if record.get(key) is not None and not isinstance(record[key], dict):
             raise bad(key, "a mapping or null")
     for key in _OPTIONAL_TEXTS:
-        if record.get(key) is not None and not isinstance(record[key], str):
-            raise bad(key, "text or null")
+        value = record.get(key)
+        if value is not None and not (isinstance(value, str) and _NAME.fullmatch(value)):
+            raise bad(key, "a name (letters, digits and . : + - _) or null")
     last = record.get("last_val") or {}
     if not all(_is_number(last[k]) for k in _LAST_VAL_NUMBERS if k in last):
         raise bad("last_val", f"numbers for {', '.join(_LAST_VAL_NUMBERS)}")
