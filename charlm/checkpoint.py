@@ -190,14 +190,19 @@ def load_checkpoint(path: str | Path, warn: bool = True) -> Checkpoint:
 
 def _verify(path: Path, record: dict[str, Any], tensors: dict[str, torch.Tensor]) -> str | None:
     """Check the recorded digests; return why the file is not fully verified, or None."""
-    damaged = f"{path}: damaged checkpoint (its {{}} do not match the SHA-256 recorded when it "
-    damaged += "was written); use an older checkpoint"
+
+    def damaged(what: str) -> CharlmError:
+        return CharlmError(
+            f"{path}: damaged checkpoint (its {what} do not match the SHA-256 recorded when it "
+            f"was written); use an older checkpoint"
+        )
+
     expected = record.get("record_sha256")
     if expected is not None and record_digest(record) != expected:
-        raise CharlmError(damaged.format("metadata (vocabulary, config, step)"))
+        raise damaged("metadata (vocabulary, config, step)")
     expected = record.get("tensors_sha256")
     if expected is not None and tensor_digest(tensors) != expected:
-        raise CharlmError(damaged.format("tensors"))
+        raise damaged("tensors")
     if record.get("tensors_sha256") is None and record.get("record_sha256") is None:
         return "has no checksum, so damage to it cannot be detected; loaded unverified"
     if record.get("record_sha256") is None:
@@ -206,7 +211,9 @@ def _verify(path: Path, record: dict[str, Any], tensors: dict[str, torch.Tensor]
             "vocabulary or config cannot be detected; loaded unverified"
         )
     if record.get("tensors_sha256") is None:
-        return "its tensors have no checksum, so damage to them cannot be detected"
+        return (
+            "its tensors have no checksum, so damage to them cannot be detected; loaded unverified"
+        )
     return None
 
 

@@ -265,3 +265,24 @@ def test_resume_never_falls_back_to_best(run: Path) -> None:
     code, out = cli("train", "--resume", str(run), "train.max_steps=70")
     assert code == 1 and "no complete checkpoint" in out and "skipping step-" in out
     assert ckpt.load_checkpoint(best).step > 0  # ...left as it was
+
+
+def test_a_record_nested_past_the_parser_limit_is_one_error(tmp_path: Path) -> None:
+    import torch
+
+    path = tmp_path / "deep.safetensors"
+    text = '{"format": "charlm-checkpoint", "step": 1, "x": ' + "[" * 10**5 + "]" * 10**5 + "}"
+    path.write_bytes(safetensors_save({"w": torch.ones(1)}, metadata={"charlm": text}))
+    with pytest.raises(CharlmError, match="not a valid charlm checkpoint") as info:
+        ckpt.load_checkpoint(path)
+    assert str(path) in str(info.value)
+
+
+def test_a_path_with_braces_names_itself_in_the_damage_error(run: Path, tmp_path: Path) -> None:
+    odd = tmp_path / "{x}" / "best.safetensors"
+    odd.parent.mkdir()
+    shutil.copy(run / "checkpoints" / ckpt.BEST_NAME, odd)
+    rewrite(odd, reverse_vocab)
+    with pytest.raises(CharlmError, match="damaged checkpoint") as info:
+        ckpt.load_checkpoint(odd)
+    assert str(info.value).startswith(str(odd))
