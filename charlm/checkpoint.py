@@ -3,8 +3,11 @@
 A checkpoint is everything needed to sample, evaluate or resume: model weights, optimizer state,
 the carried hidden state and RNG states as tensors, and a JSON record (config, vocabulary, step,
 time, metrics, data position) in the file's metadata. Loading parses a header and raw tensors; it
-never unpickles, so a hostile file cannot run code. Writes go to a temporary file that is fsynced
-and renamed into place, so a crash or a full disk never leaves a half-written checkpoint.
+never unpickles, so a hostile file cannot run code. SHA-256s of the tensors and of the record show
+damage or edits; the record is then checked field by field and its model against the tensors'
+shapes (charlm/checkpoint_record.py) before anything is built from it. Writes go to a temporary
+file that is fsynced and renamed into place, so a crash or a full disk never leaves a half-written
+checkpoint.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import hashlib
 import json
 import os
 import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +26,8 @@ from safetensors import safe_open
 from safetensors.torch import save as safetensors_save
 
 from charlm import files
-from charlm.errors import CharlmError
+from charlm.checkpoint_record import check_record, model_spec
+from charlm.errors import CharlmError, CharlmWarning
 
 FORMAT = "charlm-checkpoint"
 VERSION = 1
@@ -38,6 +43,7 @@ class Checkpoint:
     path: Path
     record: dict[str, Any]
     tensors: dict[str, torch.Tensor]
+    unverified: str | None = None  # why a checksum could not be checked; None: all checked
 
     def group(self, prefix: str) -> dict[str, torch.Tensor]:
         """Tensors under `prefix/`, with the prefix removed."""
@@ -86,20 +92,35 @@ def tensor_digest(tensors: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
+def record_digest(meta: dict[str, Any]) -> str:
+    """SHA-256 over the JSON record (all but this digest, keys sorted): vocabulary, config, step
+    and the tensors' digest, so an edit to any of them shows."""
+    rest = {k: v for k, v in meta.items() if k != "record_sha256"}
+    text = json.dumps(rest, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def save_checkpoint(path: Path, tensors: dict[str, torch.Tensor], record: dict[str, Any]) -> None:
     """Save tensors (flat, '/'-separated names) and a JSON record atomically to `path`.
 
-    The record carries a SHA-256 of the tensors, so a loader (and `charlm info`) can tell an
-    intact file from one damaged after it was written.
+    The record carries a SHA-256 of the tensors and one of the record itself, so a loader (and
+    `charlm info`) can tell an intact file from one damaged or edited after it was written.
     """
     cpu = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
     meta = {**record, "format": FORMAT, "version": VERSION, "tensors_sha256": tensor_digest(cpu)}
+    meta = json.loads(json.dumps(meta))  # the record exactly as a loader will read it back
+    meta["record_sha256"] = record_digest(meta)
     data = safetensors_save(cpu, metadata={"charlm": json.dumps(meta)})
     files.atomic_write_bytes(path, data, "the checkpoint", "; the previous checkpoint is intact")
 
 
-def load_checkpoint(path: str | Path) -> Checkpoint:
-    """Load a checkpoint onto the CPU; anything that is not a complete charlm file is an error."""
+def load_checkpoint(path: str | Path, warn: bool = True) -> Checkpoint:
+    """Load a checkpoint onto the CPU; anything that is not a complete charlm file is an error.
+
+    The checksums of the tensors and of the record are checked, then the record itself (see
+    `check_record`). A file without a checksum loads as unverified: `Checkpoint.unverified`
+    says why, and with `warn` a `CharlmWarning` says it too.
+    """
     path = Path(path)
     if not path.is_file():
         raise CharlmError(f"{path}: checkpoint not found")
@@ -116,22 +137,52 @@ def load_checkpoint(path: str | Path) -> Checkpoint:
         record = json.loads(meta["charlm"])
         if record.get("format") != FORMAT:
             raise ValueError("wrong format tag")
-    except (KeyError, ValueError, TypeError, AttributeError):
+    except (KeyError, ValueError, TypeError, AttributeError, RecursionError):
         raise CharlmError(
             f"{path}: not a valid charlm checkpoint (a safetensors file without charlm metadata)"
         ) from None
-    if int(record.get("version", 0)) > VERSION:
+    version = record.get("version", 0)
+    if not isinstance(version, int) or isinstance(version, bool) or version < 0:
+        raise CharlmError(f"{path}: checkpoint format version {version!r}: expected a number")
+    if version > VERSION:
         raise CharlmError(
-            f"{path}: checkpoint format version {record['version']} is newer than this charlm "
+            f"{path}: checkpoint format version {version} is newer than this charlm "
             f"reads ({VERSION}); upgrade charlm"
         )
-    expected = record.get("tensors_sha256")
-    if expected is not None and tensor_digest(tensors) != expected:
-        raise CharlmError(
-            f"{path}: damaged checkpoint (its tensors do not match the SHA-256 recorded when it "
+    unverified = _verify(path, record, tensors)
+    check_record(path, record, tensors)
+    if unverified is not None and warn:
+        warnings.warn(f"{path}: {unverified}", CharlmWarning, stacklevel=2)
+    return Checkpoint(path=path, record=record, tensors=tensors, unverified=unverified)
+
+
+def _verify(path: Path, record: dict[str, Any], tensors: dict[str, torch.Tensor]) -> str | None:
+    """Check the recorded digests; return why the file is not fully verified, or None."""
+
+    def damaged(what: str) -> CharlmError:
+        return CharlmError(
+            f"{path}: damaged checkpoint (its {what} do not match the SHA-256 recorded when it "
             f"was written); use an older checkpoint"
         )
-    return Checkpoint(path=path, record=record, tensors=tensors)
+
+    expected = record.get("record_sha256")
+    if expected is not None and record_digest(record) != expected:
+        raise damaged("metadata (vocabulary, config, step)")
+    expected = record.get("tensors_sha256")
+    if expected is not None and tensor_digest(tensors) != expected:
+        raise damaged("tensors")
+    if record.get("tensors_sha256") is None and record.get("record_sha256") is None:
+        return "has no checksum, so damage to it cannot be detected; loaded unverified"
+    if record.get("record_sha256") is None:
+        return (
+            "its metadata has no checksum (written by an older charlm), so an edit to its "
+            "vocabulary or config cannot be detected; loaded unverified"
+        )
+    if record.get("tensors_sha256") is None:
+        return (
+            "its tensors have no checksum, so damage to them cannot be detected; loaded unverified"
+        )
+    return None
 
 
 def is_temp_file(path: Path) -> bool:
@@ -204,10 +255,14 @@ class SetAside:
 def prune(folder: Path, keep_last: int) -> list[SetAside]:
     """Keep the newest `keep_last` step checkpoints that load; delete the older ones.
 
-    Newest first, each file is loaded until `keep_last` have loaded, so a damaged or foreign
+    Newest first, each file is checked until `keep_last` have passed, so a damaged or foreign
     step file never counts among the kept, and a good checkpoint is never deleted to keep one
     that does not load. Files that fail are moved into the `damaged/` subfolder (a user may
     want them), and returned. The best checkpoint is a separate file and not touched.
+
+    A file that passed here once and is unchanged since (same inode, size, mtime and ctime) is
+    not read again, so in a steady run a save costs one load (of the file just written, which
+    also checks that the write landed) instead of `keep_last`.
     """
     if keep_last < 1:
         raise ValueError(f"keep_last must be at least 1, got {keep_last}")
@@ -217,13 +272,39 @@ def prune(folder: Path, keep_last: int) -> list[SetAside]:
         if kept >= keep_last:
             path.unlink(missing_ok=True)
             continue
-        try:
-            load_checkpoint(path)
-        except CharlmError as e:
-            set_aside.append(SetAside(path, _move_aside(path), str(e)))
-            continue
+        if not _known_good(path):
+            try:
+                load_checkpoint(path, warn=False)
+            except CharlmError as e:
+                set_aside.append(SetAside(path, _move_aside(path), str(e)))
+                continue
+            _remember_verified(path)
         kept += 1
     return set_aside
+
+
+_VERIFIED: set[tuple[str, int, int, int, int]] = set()
+"""Step files that passed `prune`'s load, by (path, inode, size, mtime, ctime)."""
+
+
+def _stamp(path: Path) -> tuple[str, int, int, int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (str(path.absolute()), st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def _known_good(path: Path) -> bool:
+    return _stamp(path) in _VERIFIED
+
+
+def _remember_verified(path: Path) -> None:
+    stamp = _stamp(path)
+    if stamp is not None:
+        if len(_VERIFIED) > 4096:  # a long-lived process: start over rather than grow
+            _VERIFIED.clear()
+        _VERIFIED.add(stamp)
 
 
 def _move_aside(path: Path) -> Path:
@@ -249,21 +330,54 @@ class Loaded:
     checkpoint: Checkpoint
 
 
+def load_run_checkpoint(run: str | Path) -> Checkpoint:
+    """Load the checkpoint a RUN argument means: a file itself; for a run folder its best, else
+    its newest step checkpoint that loads.
+
+    A best checkpoint that does not load, and newer step files that do not, are passed over
+    with a `CharlmWarning` each, so one damaged file never blocks sampling a run.
+    """
+    path = Path(run)
+    if path.is_file():
+        return load_checkpoint(path)
+    if not path.exists():
+        raise CharlmError(f"{path}: no such run folder or checkpoint file")
+    for folder in (path / "checkpoints", path):
+        best, problem = folder / BEST_NAME, None
+        if best.is_file():
+            try:
+                return load_checkpoint(best)
+            except CharlmError as e:
+                problem = str(e)
+        found, skipped = latest_intact(folder)
+        if found is None and (problem or skipped):
+            first = problem or skipped[0][1]
+            raise CharlmError(f"{first}; and no step checkpoint in {folder} loads either")
+        if found is None:
+            continue
+        for _, reason in skipped:
+            warnings.warn(f"{reason}; skipped", CharlmWarning, stacklevel=2)
+        if problem is not None:
+            warnings.warn(f"{problem}; using {found.path} instead", CharlmWarning, stacklevel=2)
+        return found
+    raise CharlmError(f"{path}: holds no checkpoint (expected checkpoints/*{SUFFIX})")
+
+
 def load_model(run: str | Path, device: str = "auto", impl: str | None = None) -> Loaded:
     """Load the checkpoint a RUN argument means and rebuild its model in eval mode.
 
-    `impl` runs the same weights on the other implementation (`fused` or `reference`); the GRU
-    variant recorded in the checkpoint is kept, so one variant is never loaded as the other.
+    The record's config and vocabulary were checked against the file's tensors when it loaded,
+    so the model built here is the size of the weights it receives. `impl` runs the same weights
+    on the other implementation (`fused` or `reference`); the GRU variant recorded in the
+    checkpoint is kept, so one variant is never loaded as the other.
     """
     from dataclasses import replace
 
-    from charlm.config import config_from_dict
     from charlm.model import CharLM, resolve_device
-    from charlm.vocab import Vocab
 
-    path = find_checkpoint(run)
-    ckpt = load_checkpoint(path)
-    config = config_from_dict(ckpt.record.get("config"), where=f"{path} (config record)")
+    ckpt = load_run_checkpoint(run)
+    path = ckpt.path
+    config, vocab = model_spec(path, ckpt.record)
     if impl is not None:
         if impl not in ("fused", "reference"):
             raise CharlmError(f"--impl {impl!r}: expected fused or reference")
@@ -274,7 +388,6 @@ def load_model(run: str | Path, device: str = "auto", impl: str | None = None) -
                 f"run; use --impl reference"
             )
         config = replace(config, model=replace(m, impl=impl))
-    vocab = Vocab.from_dict(ckpt.record.get("vocab"))
     model = CharLM(config.model, len(vocab))
     try:
         model.load_state_dict(ckpt.group("model"))

@@ -7,3 +7,7 @@ keeps its traceback.
 
 class CharlmError(Exception):
     """A user-facing error: the message names the file, key or value and what was expected."""
+
+
+class CharlmWarning(UserWarning):
+    """Something a user should know that does not stop the command (the CLI shows `warning:`)."""

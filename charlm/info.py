@@ -1,8 +1,10 @@
 """What a run or checkpoint holds, and whether each checkpoint file is intact (`charlm info`).
 
-Every checkpoint file is loaded and its tensors checked against the SHA-256 recorded when it was
-written, so a damaged file is reported as damaged instead of failing later in a resume or sample.
-Nothing here raises for a damaged file; only a target that does not exist is an error.
+Every checkpoint file goes through the checks loading does (the SHA-256s of its tensors and its
+record, the record's fields, its config and vocabulary against the tensors' shapes), so `ok`
+means sample and eval will load it, and a damaged file is reported as damaged instead of failing
+later in a resume or sample. Nothing here raises for a damaged file; only a target that does not
+exist is an error.
 """
 
 from __future__ import annotations
@@ -12,12 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from charlm import checkpoint as ckpt
+from charlm.checkpoint_record import model_spec
 from charlm.errors import CharlmError
 from charlm.rundir import CHECKPOINT_DIR
 
 
-def _check_file(path: Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
-    """A report row for one file, and its record when it loaded."""
+def _check_file(path: Path) -> tuple[dict[str, Any], ckpt.Checkpoint | None]:
+    """A report row for one file, and the checkpoint when it loaded as sample and eval would."""
     entry: dict[str, Any] = {
         "file": str(path),
         "step": None,
@@ -30,39 +33,45 @@ def _check_file(path: Path) -> tuple[dict[str, Any], dict[str, Any] | None]:
         entry.update(status="incomplete", problem="an unfinished write; safe to delete")
         return entry, None
     try:
-        record = ckpt.load_checkpoint(path).record
+        loaded = ckpt.load_checkpoint(path, warn=False)
+        if "config" not in loaded.record or "vocab" not in loaded.record:
+            raise CharlmError(f"{path}: records no config or vocabulary; sample and eval need both")
     except CharlmError as e:
         entry["problem"] = str(e).removeprefix(f"{path}: ")
         return entry, None
-    verified = "tensors_sha256" in record
     entry.update(
-        step=int(record.get("step", 0)),
+        step=loaded.step,
         intact=True,
-        status="ok" if verified else "unverified",
-        problem=None if verified else "written without a checksum (older charlm)",
+        status="ok" if loaded.unverified is None else "unverified",
+        problem=loaded.unverified,
     )
-    return entry, record
+    return entry, loaded
 
 
-def _summary(path: Path, record: dict[str, Any]) -> dict[str, Any]:
+def _summary(loaded: ckpt.Checkpoint) -> dict[str, Any]:
+    """The described checkpoint's numbers (its record's types were checked when it loaded)."""
+    from charlm.config import config_to_dict
+
+    path, record = loaded.path, loaded.record
+    config, _ = model_spec(path, record)
     best = record.get("best_val_loss")
+    counted = sum(t.numel() for t in loaded.group("model").values())
     last = record.get("last_val") or {}
     return {
         "checkpoint": str(path),
         "step": int(record.get("step", 0)),
         "elapsed_s": float(record.get("elapsed_s", 0.0)),
-        "parameters": record.get("parameters"),
+        "parameters": record.get("parameters", counted),
         "vocab_size": len((record.get("vocab") or {}).get("chars", "")),
         "best_val_bpc": None if best is None else best / math.log(2),
-        "best_step": record.get("best_step"),
+        "best_step": record.get("best_step", 0),
         "last_val_bpc": last.get("bpc"),
         "device": record.get("device"),
         # What the run trained in (`auto` resolved); older checkpoints only have the config's.
-        "precision": record.get("precision")
-        or ((record.get("config") or {}).get("train") or {}).get("precision", "fp32"),
+        "precision": record.get("precision") or config.train.precision,
         "precision_probe": record.get("precision_probe"),  # auto's timings, when it timed
         "torch_version": record.get("torch_version"),
-        "config": record.get("config"),
+        "config": config_to_dict(config),
     }
 
 
@@ -91,15 +100,15 @@ def describe(target: str | Path) -> dict[str, Any]:
             raise CharlmError(f"{path}: holds no checkpoint (expected checkpoints/*{ckpt.SUFFIX})")
     entries, records = [], {}
     for f in files:
-        entry, record = _check_file(f)
+        entry, loaded = _check_file(f)
         entries.append(entry)
-        if record is not None:
-            records[f] = record
+        if loaded is not None:
+            records[f] = loaded
     steps = [f for f in files if f in records and f.name != ckpt.BEST_NAME]
     chosen = steps[-1] if steps else next(iter(records), None)
     return {
         "target": str(path),
-        "summary": None if chosen is None else _summary(chosen, records[chosen]),
+        "summary": None if chosen is None else _summary(records[chosen]),
         "checkpoints": entries,
         "resume": resume_command(run_dir) if run_dir is not None and steps else None,
     }

@@ -109,3 +109,47 @@ def test_keep_last_below_one_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="keep_last"):
         prune(tmp_path, keep_last=0)
     assert [step for step, _ in step_checkpoints(tmp_path)] == [1]
+
+
+def count_loads(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """Record every full load `prune` makes from now on."""
+    from charlm import checkpoint
+
+    loads: list[Path] = []
+    real = checkpoint.load_checkpoint
+
+    def counted(path: Path, warn: bool = True) -> checkpoint.Checkpoint:
+        loads.append(Path(path))
+        return real(path, warn)
+
+    monkeypatch.setattr(checkpoint, "load_checkpoint", counted)
+    return loads
+
+
+def test_a_save_in_a_steady_run_loads_only_the_new_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for step in (1, 2, 3):
+        write_good(tmp_path, step)
+    loads = count_loads(monkeypatch)
+    prune(tmp_path, keep_last=3)
+    assert sorted(p.name for p in loads) == [step_name(s) for s in (1, 2, 3)]  # first: all
+    for step in (4, 5, 6):
+        loads.clear()
+        newest = write_good(tmp_path, step)
+        assert prune(tmp_path, keep_last=3) == []
+        assert loads == [newest]  # the others passed before and have not changed
+        assert [s for s, _ in step_checkpoints(tmp_path)] == [step - 2, step - 1, step]
+
+
+def test_a_file_changed_after_it_passed_is_loaded_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for step in (1, 2, 3, 4):
+        write_good(tmp_path, step)
+    prune(tmp_path, keep_last=3)
+    loads = count_loads(monkeypatch)
+    (tmp_path / step_name(4)).write_bytes(b"replaced by garbage")  # size, mtime and ctime change
+    (moved,) = prune(tmp_path, keep_last=3)
+    assert moved.path.name == step_name(4) and [p.name for p in loads] == [step_name(4)]
+    assert [s for s, _ in step_checkpoints(tmp_path)] == [2, 3]

@@ -8,13 +8,14 @@ decoding refuses them and `data.errors: replace` turns them into U+FFFD.
 from __future__ import annotations
 
 import json
+import os
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from charlm.config import SECTIONS, Config, DataConfig, all_keys, dump_yaml, load_config
@@ -194,3 +195,107 @@ def test_corpus_loader_on_any_bytes(
         assert "\r" not in text
     if encoding == "utf-8" and errors == "strict" and newline == "keep":
         assert text == data.decode("utf-8").removeprefix("\ufeff")
+
+
+# ------------------------------------------------------------------------ checkpoint metadata
+json_values = st.recursive(
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(min_value=-(10**20), max_value=10**20),
+        st.floats(),
+        st.text(max_size=8),
+        st.sampled_from(["lstm", "gru", "[/x]", "cpu", "fp32", "twenty", "", "\ud800"]),
+    ),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=6), inner, max_size=3)
+    ),
+    max_leaves=6,
+)
+
+
+def _edit(data: st.DataObject, node: Any) -> Any:
+    """One random edit somewhere in the JSON tree: replace a value, delete or add a key."""
+    if not isinstance(node, (dict, list)) or not node:
+        return data.draw(json_values)
+    action = data.draw(st.sampled_from(["descend", "replace", "delete", "add"]))
+    key = data.draw(st.sampled_from(sorted(node) if isinstance(node, dict) else range(len(node))))
+    if action == "descend":
+        node[key] = _edit(data, node[key])
+    elif action == "replace":
+        node[key] = data.draw(json_values)
+    elif action == "delete":
+        del node[key]
+    elif isinstance(node, dict):
+        node[data.draw(st.text(max_size=6))] = data.draw(json_values)
+    else:
+        node.append(data.draw(json_values))
+    return node
+
+
+@pytest.fixture(scope="module")
+def saved_record(trained_run: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    from charlm.checkpoint import load_checkpoint, step_checkpoints
+
+    loaded = load_checkpoint(step_checkpoints(trained_run / "checkpoints")[-1][1])
+    return loaded.record, loaded.tensors
+
+
+@settings(
+    max_examples=int(os.environ.get("FUZZ_N", 200)),
+    deadline=None,
+    suppress_health_check=list(HealthCheck),
+)
+@given(st.data(), st.integers(1, 3), st.sampled_from(["keep", "drop", "forge"]))
+def test_any_edit_of_a_checkpoint_record_is_an_error_or_a_verified_load(
+    scratch: Path,
+    saved_record: tuple[dict[str, Any], dict[str, Any]],
+    data: st.DataObject,
+    edits: int,
+    digest: str,
+) -> None:
+    """Whatever the record says, loading, sampling's model and `charlm info` give a one-line
+    CharlmError or work; an edit under an intact checksum is always refused."""
+    import copy
+    import warnings
+
+    from safetensors.torch import save as safetensors_save
+    from typer.testing import CliRunner
+
+    from charlm import checkpoint
+    from charlm.cli import app
+    from charlm.info import describe
+
+    original, tensors = saved_record
+    record = copy.deepcopy(original)
+    for _ in range(edits):
+        record = _edit(data, record)
+    if isinstance(record, dict) and digest == "drop":
+        record.pop("record_sha256", None)
+    if isinstance(record, dict) and digest == "forge":
+        record["record_sha256"] = checkpoint.record_digest(record)
+    path = scratch / checkpoint.step_name(60)
+    text = json.dumps(record)
+    path.write_bytes(safetensors_save(tensors, metadata={"charlm": text}))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            loaded = checkpoint.load_checkpoint(path)
+            model = checkpoint.load_model(path, device="cpu")
+        except CharlmError as e:
+            assert str(e).startswith(str(path)) and "\n" not in str(e)
+            event(f"refused ({digest})")
+        else:
+            event(f"loaded ({digest})")
+            same = json.loads(text) == json.loads(json.dumps(original))
+            recorded = record.get("record_sha256")
+            if not same:  # no checksum, or one recomputed for the edited record
+                assert recorded in (None, checkpoint.record_digest(record))
+            checked = recorded is not None and record.get("tensors_sha256") is not None
+            assert (loaded.unverified is None) == checked
+            assert model.model.vocab_size == len(model.vocab)
+        report = describe(path)
+    (entry,) = report["checkpoints"]
+    assert entry["status"] in ("ok", "unverified", "damaged")
+    result = CliRunner().invoke(app, ["info", str(path)])
+    assert result.exit_code in (0, 1) and not isinstance(result.exception, Exception), result.output

@@ -21,12 +21,19 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import tiny_config, tiny_overrides
+from safetensors.torch import save as safetensors_save
 from typer.testing import CliRunner
 
 from charlm import events as ev
-from charlm.checkpoint import load_checkpoint, save_checkpoint, step_checkpoints
+from charlm.checkpoint import (
+    FORMAT,
+    VERSION,
+    load_checkpoint,
+    step_checkpoints,
+    tensor_digest,
+)
 from charlm.cli import app
-from charlm.errors import CharlmError
+from charlm.errors import CharlmError, CharlmWarning
 from charlm.runs import read_metrics
 from charlm.training import TrainingInterrupted, resume, train
 
@@ -344,9 +351,42 @@ def test_a_checkpoint_from_before_fused_adamw_resumes_exactly_with_it(
     record = {k: v for k, v in old.record.items() if k not in ("format", "version")}
     for group in record["optimizer"]["param_groups"]:
         group["fused"] = None  # as torch wrote it before charlm asked for the fused kernel
-    record.pop("tensors_sha256")
-    save_checkpoint(steps[0][1], old.tensors, record)
-    resume(run)
+    save_old_format(steps[0][1], old.tensors, record)
+    with pytest.warns(CharlmWarning, match="written by an older charlm"):
+        resume(run)
     final = load_checkpoint(run / "checkpoints" / steps[-1][1].name)
     assert all(g["fused"] is True for g in final.record["optimizer"]["param_groups"])
     assert_same_run(run, baseline)
+
+
+def save_old_format(
+    path: Path, tensors: dict[str, torch.Tensor], record: dict[str, object]
+) -> None:
+    """Write a checkpoint as charlm did before the record had a checksum: the tensors' only."""
+    record = {k: v for k, v in record.items() if k not in ("record_sha256", "tensors_sha256")}
+    meta = {
+        **record,
+        "format": FORMAT,
+        "version": VERSION,
+        "tensors_sha256": tensor_digest(tensors),
+    }
+    path.write_bytes(safetensors_save(tensors, metadata={"charlm": json.dumps(meta)}))
+
+
+def test_a_run_of_older_checkpoints_resumes_with_a_warning(baseline: Path, tmp_path: Path) -> None:
+    """Every file of the run in the older format: resume says so once and goes on; the files it
+    writes carry both checksums."""
+    run = tmp_path / "run"
+    shutil.copytree(baseline, run)
+    for path in (run / "checkpoints").iterdir():
+        old = load_checkpoint(path)
+        save_old_format(path, old.tensors, old.record)
+        assert load_checkpoint(path, warn=False).unverified is not None
+    newest = step_checkpoints(run / "checkpoints")[-1][1]
+    code, out = cli("train", "--resume", str(run), "train.max_steps=33", "--quiet")
+    assert code == 0, out
+    assert f"warning: {newest}: its metadata has no checksum (written by an older charlm)" in out
+    written = load_checkpoint(run / "checkpoints" / "step-00000033.safetensors")
+    assert written.unverified is None and "record_sha256" in written.record
+    code, out = cli("sample", str(newest), "-n", "5", "--seed", "1")
+    assert code == 0 and "warning:" in out

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import signal
 import sys
+import warnings
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -17,7 +18,7 @@ import typer
 
 from charlm import __version__
 from charlm.cli.views import err
-from charlm.errors import CharlmError
+from charlm.errors import CharlmError, CharlmWarning
 
 app = typer.Typer(
     add_completion=False,
@@ -35,18 +36,31 @@ def fail(message: str, code: int = 1) -> typer.Exit:
 
 
 def friendly(fn: F) -> F:
-    """Turn a CharlmError raised anywhere below a command into one line and exit code 1."""
+    """Turn a CharlmError raised anywhere below a command into one line and exit code 1, and a
+    CharlmWarning into one `warning:` line on stderr."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
-            return fn(*args, **kwargs)
+            with warnings.catch_warnings():
+                warnings.showwarning = functools.partial(_show_warning, warnings.showwarning)
+                return fn(*args, **kwargs)
         except CharlmError as e:
             from rich.markup import escape
 
             raise fail(escape(str(e))) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _show_warning(
+    fallback: Callable[..., None], message: Warning | str, category: type, *rest: Any
+) -> None:
+    """A CharlmWarning as one `warning:` line; any other warning as Python shows it."""
+    if issubclass(category, CharlmWarning):
+        err.print(f"warning: {message}", markup=False, soft_wrap=True)
+    else:
+        fallback(message, category, *rest)
 
 
 def _version(value: bool) -> None:

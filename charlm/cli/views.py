@@ -323,7 +323,7 @@ def print_info(report: dict[str, Any]) -> None:
     for entry in report["checkpoints"]:
         status = entry["status"] + (f": {entry['problem']}" if entry["problem"] else "")
         step = "-" if entry["step"] is None else f"{entry['step']:,}"
-        files.add_row(entry["file"], step, f"{entry['bytes']:,}", status)
+        files.add_row(escape(entry["file"]), step, f"{entry['bytes']:,}", escape(status))
     out.print(files)
     if summary is None:
         err.print("[bold red]error:[/] no intact checkpoint found", markup=True)
@@ -339,7 +339,7 @@ def _summary_table(report: dict[str, Any]) -> Table:
     def bpc(value: float | None) -> str:
         return "-" if value is None else f"{value:.4f}"
 
-    table.add_row("described checkpoint", summary["checkpoint"])
+    table.add_row("described checkpoint", escape(summary["checkpoint"]))
     table.add_row("step", f"{summary['step']:,}")
     table.add_row("time trained", f"{summary['elapsed_s']:.1f} s")
     table.add_row("parameters", f"{summary['parameters']:,}")
