@@ -79,6 +79,18 @@ def cache_dir(data: DataConfig, source: CorpusSource) -> Path:
     return target if _writable(target if target.is_dir() else beside) else user_cache_dir()
 
 
+def _check_folder(folder: Path) -> None:
+    """Refuse a cache folder that is a file, or lies under one, before anything reads or writes."""
+    for place in (folder, *folder.parents):
+        if place.is_dir():
+            return
+        if place.exists() or place.is_symlink():
+            raise CharlmError(
+                f"data.cache_dir: {folder} cannot be a folder, because {place} is not one; set "
+                f"data.cache_dir to a folder (it is created if missing)"
+            )
+
+
 def _writable(folder: Path) -> bool:
     """Writable and not marked read-only. Root passes `os.access` everywhere, so a folder with no
     write bit at all (a shared, read-only copy of someone's data) is left alone even then."""
@@ -323,6 +335,7 @@ def prepare_corpus(
     """
     source = corpus_source(data)
     path = cache_path(data, source)
+    _check_folder(path.parent)
     identity, fast_key = _identity(data, source), _fast_key(source)
     header, problem = read_header(path)
     if header is not None and (header["identity"], header["fast_key"]) != (identity, fast_key):
