@@ -11,6 +11,7 @@ import codecs
 import glob
 import hashlib
 import sysconfig
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,22 +69,41 @@ def _resolve_files(spec: str, encoding: str) -> list[Path]:
             f"{spec}: corpus not found (data.corpus); expected a file, folder or glob"
         )
     if path.is_dir():
-        files = [
+        candidates = [
             p
             for p in sorted(path.rglob("*"))
-            if p.is_file()
-            and not any(part.startswith(".") for part in p.relative_to(path).parts)
-            and _looks_like_text(p, encoding)
+            if p.is_file() and not any(part.startswith(".") for part in p.relative_to(path).parts)
         ]
+        files = [p for p in candidates if _looks_like_text(p, encoding)]
         if not files:
             raise CharlmError(
                 f"{spec}: the folder holds no text files (data.corpus); files with NUL bytes "
                 f"and hidden files are left out"
             )
+        text = set(files)
+        _warn_skipped(spec, [p for p in candidates if p not in text], path)
         return files
     if not path.is_file():  # a FIFO or a device would block or never end
         raise CharlmError(f"{spec}: is not a regular file (data.corpus); expected a text file")
     return [path]
+
+
+class CorpusWarning(UserWarning):
+    """Something about the corpus a user should hear of, though training goes on."""
+
+
+def _warn_skipped(spec: str, skipped: list[Path], folder: Path) -> None:
+    """Name the binary files a folder corpus leaves out, in one line (the first 10 of them)."""
+    if not skipped:
+        return
+    names = ", ".join(str(p.relative_to(folder)) for p in skipped[:10])
+    more = f" and {len(skipped) - 10} more" if len(skipped) > 10 else ""
+    warnings.warn(
+        f"{spec}: skipped {len(skipped)} binary file(s) (NUL bytes in the first "
+        f"{_SNIFF_BYTES:,} bytes): {names}{more}",
+        CorpusWarning,
+        stacklevel=2,
+    )
 
 
 def _nul_means_binary(encoding: str) -> bool:

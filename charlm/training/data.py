@@ -38,11 +38,12 @@ def prepare_data(config: Config) -> Data:
                 f"need at least 2: use a larger corpus or a larger data.val_fraction"
             )
         check_train_size(n_train, t.batch_size, t.seq_len, t.batching, d.corpus or BUILTIN_CORPUS)
+        check_model_fits(config, 1, on_gpu)  # a vocabulary of one: a model that cannot fit anyway
 
-    corpus = prepare_corpus(d, check)
     import torch  # the trainer has it loaded already
 
     on_gpu = t.device == "cuda" or (t.device == "auto" and torch.cuda.is_available())
+    corpus = prepare_corpus(d, check)
     check_model_fits(config, len(corpus.vocab), on_gpu)  # before the model is built
     splits = split_ids(corpus.ids, d.val_fraction, d.test_fraction)
     spec = corpus.source
