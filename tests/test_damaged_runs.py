@@ -127,3 +127,22 @@ def test_compare_plot_into_a_missing_folder_is_refused(
     assert str(plot.parent) in lines[0]
     assert not (tmp_path / "nonexistent").exists()
     assert result.stdout == ""  # refused before the table
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="charlm.rundir.rollback_metrics still reads metrics.jsonl strictly (a traceback)",
+)
+@pytest.mark.parametrize(
+    "damage",
+    [_append(b'{"step": "x"}\n'), _append(b"\xff\xfe\n")],
+    ids=["step-not-a-number", "invalid-utf8"],
+)
+def test_resume_over_damaged_metrics(tmp_path: Path, trained_run: Path, damage: Damage) -> None:
+    run = tmp_path / "run"
+    shutil.copytree(trained_run, run)
+    damage(run)
+    result = runner.invoke(app, ["train", "--resume", str(run), "train.max_steps=70", "--quiet"])
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    assert result.exit_code == 0, result.output
+    assert max(row["step"] for row in read_metrics(run)) == 70
