@@ -69,21 +69,15 @@ class StreamBatcher(PositionedBatcher):
         self.seq_len = seq_len
         self.seed = seed
         # One spare character per epoch for the offset and one for the shifted target.
+        check_train_size(len(ids), batch_size, seq_len, "stream")
         self.stream_len = (len(ids) - seq_len) // batch_size
         self.steps_per_epoch = (self.stream_len - 1) // seq_len
-        if self.steps_per_epoch < 1:
-            need = batch_size * (2 * seq_len + 1) + seq_len
-            raise CharlmError(
-                f"the train split has {len(ids):,} characters, too few for batch_size={batch_size}"
-                f" x seq_len={seq_len}; need at least {need:,} (lower train.batch_size or "
-                f"train.seq_len, or use a larger corpus)"
-            )
         self.position = StreamPosition()
 
     def _offset(self, epoch: int) -> int:
         if epoch == 0:
             return 0
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        gen = torch.Generator().manual_seed((self.seed * 1_000_003 + epoch) % 2**64)
         return int(torch.randint(0, self.seq_len, (1,), generator=gen))
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor, bool]:
@@ -134,23 +128,38 @@ class RandomBatcher(PositionedBatcher):
         return chunk[:, :-1], chunk[:, 1:], True
 
 
-def check_train_size(n_train: int, batch_size: int, seq_len: int, batching: str) -> None:
-    """Refuse a train split too short for one batch; callable before any ids exist."""
+def min_train_chars(batch_size: int, seq_len: int, batching: str) -> int:
+    """The shortest train split one batch can be cut from.
+
+    `random`: one window of seq_len + 1 characters. `stream`: StreamBatcher keeps seq_len spare
+    characters for the epoch offset and needs seq_len + 1 per stream for one step.
+    """
     if batching == "random":
-        if n_train >= seq_len + 2:
-            return
-        raise CharlmError(
-            f"the train split has {n_train:,} characters, too few for random windows of "
-            f"train.seq_len={seq_len}; need at least {seq_len + 2:,} (lower train.seq_len, or "
-            f"use a larger corpus)"
-        )
-    if (((n_train - seq_len) // batch_size) - 1) // seq_len >= 1:  # as StreamBatcher counts
+        return seq_len + 1
+    return batch_size * (seq_len + 1) + seq_len
+
+
+def check_train_size(
+    n_train: int, batch_size: int, seq_len: int, batching: str, where: str = ""
+) -> None:
+    """Refuse a train split too short for one batch; callable before any ids exist.
+
+    `where` (the corpus) starts the message when given.
+    """
+    need = min_train_chars(batch_size, seq_len, batching)
+    if n_train >= need:
         return
-    need = batch_size * (2 * seq_len + 1) + seq_len
+    prefix = f"{where}: " if where else ""
+    if batching == "random":
+        raise CharlmError(
+            f"{prefix}the train split has {n_train:,} characters, too few for random windows of "
+            f"train.seq_len={seq_len}; need at least {need:,} (lower train.seq_len, or use a "
+            f"larger corpus)"
+        )
     raise CharlmError(
-        f"the train split has {n_train:,} characters, too few for batch_size={batch_size}"
-        f" x seq_len={seq_len}; need at least {need:,} (lower train.batch_size or "
-        f"train.seq_len, or use a larger corpus)"
+        f"{prefix}the train split has {n_train:,} characters, too few for "
+        f"batch_size={batch_size} x seq_len={seq_len}; need at least {need:,} (lower "
+        f"train.batch_size or train.seq_len, or use a larger corpus)"
     )
 
 

@@ -3,7 +3,8 @@
 Building streams the corpus twice in chunks (never the whole text in memory): the first pass
 counts characters and computes the text's SHA-256 (the digest checkpoints record), the second
 writes ids of the smallest fitting type (uint8 up to 256 symbols, else uint16, else uint32). A
-second run finds the cache by a cheap key (each file's path, size and modification time) and
+second run finds the cache by a cheap key (each file's path, size, modification and change times
+and inode) and
 starts at once; a changed corpus, or a cache that is truncated or damaged, is rebuilt.
 
 File layout (ids first, so the memory map starts at offset 0):
@@ -79,6 +80,18 @@ def cache_dir(data: DataConfig, source: CorpusSource) -> Path:
     return target if _writable(target if target.is_dir() else beside) else user_cache_dir()
 
 
+def _check_folder(folder: Path) -> None:
+    """Refuse a cache folder that is a file, or lies under one, before anything reads or writes."""
+    for place in (folder, *folder.parents):
+        if place.is_dir():
+            return
+        if place.exists() or place.is_symlink():
+            raise CharlmError(
+                f"data.cache_dir: {folder} cannot be a folder, because {place} is not one; set "
+                f"data.cache_dir to a folder (it is created if missing)"
+            )
+
+
 def _writable(folder: Path) -> bool:
     """Writable and not marked read-only. Root passes `os.access` everywhere, so a folder with no
     write bit at all (a shared, read-only copy of someone's data) is left alone even then."""
@@ -103,14 +116,17 @@ def _identity(data: DataConfig, source: CorpusSource) -> dict[str, Any]:
 
 
 def _fast_key(source: CorpusSource) -> list[list[Any]]:
-    """Each file's absolute path, size and mtime: cheap to check, whatever the corpus size."""
+    """Each file's absolute path, size, mtime, ctime and inode: cheap, whatever the corpus size.
+
+    The ctime catches an edit whose mtime was put back (`touch -d`, `cp -p`): no one can set it.
+    """
     key = []
     for path in source.files:
         try:
             st = path.stat()
         except OSError as e:
             raise CharlmError(f"{path}: cannot read the corpus ({e.strerror})") from None
-        key.append([os.path.abspath(path), st.st_size, st.st_mtime_ns])
+        key.append([os.path.abspath(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino])
     return key
 
 
@@ -173,8 +189,10 @@ def scan(source: CorpusSource, chunk_bytes: int = CHUNK_BYTES) -> Scan:
         counts[:128] += per_byte[:128]  # ASCII characters are single bytes
         chars += len(utf8) - int(per_byte[0x80:0xC0].sum())  # continuation bytes are no chars
         if per_byte[0xC0:].any():
-            found = np.bincount(_multibyte_codes(utf8))
-            counts[: len(found)] += found
+            codes = _multibyte_codes(utf8)
+            low = int(codes.min())  # counted from the lowest code, not 0: an emoji costs
+            found = np.bincount(codes - low)  # its range, not a 9 MB array per chunk
+            counts[low : low + len(found)] += found
     return Scan(counts=counts, chars=chars, sha256=sha.hexdigest())
 
 
@@ -312,6 +330,7 @@ def prepare_corpus(
     """
     source = corpus_source(data)
     path = cache_path(data, source)
+    _check_folder(path.parent)
     identity, fast_key = _identity(data, source), _fast_key(source)
     header, problem = read_header(path)
     if header is not None and (header["identity"], header["fast_key"]) != (identity, fast_key):

@@ -1,7 +1,9 @@
-"""Raw config values (YAML scalars or command-line text) converted to their declared types.
+"""Raw config values: YAML text parsed safely, and its scalars (or command-line text) converted
+to their declared types.
 
 By the declared type, never by YAML's guess: PyYAML reads `3e-4` as a string and `yes` as a
 boolean. Every refusal is a CharlmError naming the dotted key, the value and what is accepted.
+A key given twice in one mapping is refused with both lines (PyYAML would keep the last one).
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ import math
 import types
 import typing
 from typing import Any, Literal
+
+import yaml
 
 from charlm.errors import CharlmError
 
@@ -81,3 +85,53 @@ def coerce(key: str, value: Any, tp: Any) -> Any:
             raise bad
         return value
     raise TypeError(f"unsupported config type {tp!r} for {key}")  # a bug, not a user error
+
+
+class _DuplicateKey(yaml.constructor.ConstructorError):
+    pass
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key repeated in one mapping (merge keys `<<` aside)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=deep)
+            line = key_node.start_mark.line + 1
+            try:
+                first = seen.get(key)
+            except TypeError:  # an unhashable key: the base class says so
+                break
+            if first is not None:
+                raise _DuplicateKey(
+                    None,
+                    None,
+                    f"duplicate key {key!r} on lines {first} and {line}; give each key once",
+                    key_node.start_mark,
+                )
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def parse_yaml(text: str, where: str = "config") -> Any:
+    """Parse YAML text safely; every failure is a CharlmError naming `where`."""
+    try:
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: no Python tags
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        at = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = " ".join(str(e.problem or e.context or "invalid YAML").split())
+        tag = isinstance(e, yaml.constructor.ConstructorError) and not isinstance(e, _DuplicateKey)
+        if tag and "tag" in problem:
+            problem += " (only plain YAML is read: tags such as !!python/object are refused)"
+        raise CharlmError(f"{where}: YAML error at {at}{problem}") from None
+    except yaml.YAMLError as e:
+        raise CharlmError(f"{where}: invalid YAML ({' '.join(str(e).split())})") from None
+    except RecursionError:
+        raise CharlmError(f"{where}: YAML nested too deeply to be a config") from None
+    if raw is None:
+        raise CharlmError(f"{where}: the file is empty; expected a mapping of sections")
+    return raw

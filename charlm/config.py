@@ -17,10 +17,12 @@ from typing import Any, Literal
 
 import yaml
 
-from charlm.coerce import coerce
+from charlm.coerce import coerce, parse_yaml
 from charlm.errors import CharlmError
 
 BUILTIN_CORPUS = "builtin:stdlib"
+# torch seeds are 64-bit; signed leaves room for the seed + rank + step offsets of dropout.
+MAX_SEED = 2**63 - 1
 
 
 def _help(text: str) -> Any:
@@ -292,7 +294,7 @@ def validate(config: Config) -> Config:
     _check(t.grad_clip >= 0, "train.grad_clip", t.grad_clip, ">= 0 (0 turns clipping off)")
     if t.ema_decay is not None:
         _check(0 < t.ema_decay < 1, "train.ema_decay", t.ema_decay, "a number in (0, 1) or empty")
-    _check(t.seed >= 0, "train.seed", t.seed, ">= 0")
+    _check(0 <= t.seed <= MAX_SEED, "train.seed", t.seed, f"a whole number in [0, {MAX_SEED}]")
     if t.max_steps is not None:
         _check(t.max_steps >= 1, "train.max_steps", t.max_steps, "a positive whole number")
     if t.max_time is not None:
@@ -361,26 +363,6 @@ def read_yaml(path: Path) -> Any:
         reason = getattr(e, "strerror", None) or e
         raise CharlmError(f"{path}: cannot read config ({reason})") from None
     return parse_yaml(text, str(path))
-
-
-def parse_yaml(text: str, where: str = "config") -> Any:
-    """Parse YAML text safely; every failure is a CharlmError naming `where`."""
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        at = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = " ".join(str(e.problem or e.context or "invalid YAML").split())
-        if isinstance(e, yaml.constructor.ConstructorError) and "tag" in problem:
-            problem += " (only plain YAML is read: tags such as !!python/object are refused)"
-        raise CharlmError(f"{where}: YAML error at {at}{problem}") from None
-    except yaml.YAMLError as e:
-        raise CharlmError(f"{where}: invalid YAML ({' '.join(str(e).split())})") from None
-    except RecursionError:
-        raise CharlmError(f"{where}: YAML nested too deeply to be a config") from None
-    if raw is None:
-        raise CharlmError(f"{where}: the file is empty; expected a mapping of sections")
-    return raw
 
 
 def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:

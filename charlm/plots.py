@@ -35,9 +35,16 @@ def _figure(size: tuple[float, float]) -> Any:
     return fig
 
 
+def check_plot_path(path: Path) -> None:
+    """Refuse a plot whose folder does not exist: a typo would otherwise grow a tree of folders."""
+    folder = path.absolute().parent
+    if not folder.is_dir():
+        what = "is not a folder" if folder.exists() else "does not exist"
+        raise CharlmError(f"--plot {path}: the folder {folder} {what}; create it first")
+
+
 def _save(fig: Any, path: Path) -> Path:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=DPI)
     except OSError as e:
         raise CharlmError(f"{path}: cannot write the plot ({e.strerror or e})") from None
@@ -45,7 +52,8 @@ def _save(fig: Any, path: Path) -> Path:
 
 
 def _describe(run: RunInfo) -> str:
-    model = run.config.get("model", {})
+    model = run.config.get("model")
+    model = model if isinstance(model, dict) else {}
     parts = [f"{model.get('num_layers', '?')}x{model.get('hidden_size', '?')} {run.cell or '?'}"]
     if run.parameters:
         parts.append(f"{run.parameters:,} params")
@@ -92,8 +100,9 @@ def plot_comparison(runs: Sequence[RunInfo], path: str | Path) -> Path:
         style = {"color": f"C{i % 10}", "marker": "o", "ms": 3, "lw": 1.8, "label": label}
         by_step.plot([p["step"] for p in points], [p["val_bpc"] for p in points], **style)
         scale = 60.0 if minutes else 1.0
-        times = [p["elapsed_s"] / scale for p in points]
-        by_time.plot(times, [p["val_bpc"] for p in points], **style)
+        timed = [p for p in points if "elapsed_s" in p]
+        times = [p["elapsed_s"] / scale for p in timed]
+        by_time.plot(times, [p["val_bpc"] for p in timed], **style)
     by_step.set_xlabel("step")
     _integer_steps(by_step)
     by_time.set_xlabel("training time (min)" if minutes else "training time (s)")
@@ -104,4 +113,5 @@ def plot_comparison(runs: Sequence[RunInfo], path: str | Path) -> Path:
     by_time.set_title("val bpc by wall-clock time")
     if any(run.val_points for run in runs):
         by_time.legend(title="run (best val bpc)", fontsize="small")
+    check_plot_path(Path(path))
     return _save(fig, Path(path))

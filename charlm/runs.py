@@ -6,12 +6,12 @@ The folder's layout and every write to it belong to charlm.rundir.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from charlm.coerce import parse_yaml
 from charlm.errors import CharlmError
 from charlm.rundir import (
     CHECKPOINT_DIR,
@@ -24,17 +24,31 @@ from charlm.rundir import (
 
 
 def read_metrics(run: Path) -> list[dict[str, Any]]:
+    """RUN/metrics.jsonl's rows; a line that is not a JSON object with a whole-number step (cut
+    short by a crash, damaged, not UTF-8) is left out, and so is a value that is not a number
+    (every column is one)."""
     path = run / METRICS_NAME
-    if not path.is_file():
+    try:
+        raw = path.read_bytes() if path.is_file() else b""
+    except OSError:
         return []
     rows = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue  # a line cut short by a crash
+    for line in raw.decode("utf-8", "replace").splitlines():
+        try:
+            row = json.loads(line) if line.strip() else None
+        except ValueError:
+            continue
+        if isinstance(row, dict) and _is_int(row.get("step")):
+            rows.append({k: v for k, v in row.items() if _is_number(v)})  # all are numbers
     return rows
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 @dataclass
@@ -59,7 +73,8 @@ class RunInfo:
     def elapsed_s(self) -> float | None:
         if self.summary is not None and self.summary.elapsed_s is not None:
             return float(self.summary.elapsed_s)
-        return float(self.metrics[-1]["elapsed_s"]) if self.metrics else None
+        times = [row["elapsed_s"] for row in self.metrics if "elapsed_s" in row]
+        return float(times[-1]) if times else None
 
     @property
     def val_points(self) -> list[dict[str, Any]]:
@@ -89,7 +104,9 @@ class RunInfo:
 
     @property
     def cell(self) -> str | None:
-        return self.config.get("model", {}).get("cell")
+        model = self.config.get("model")
+        cell = model.get("cell") if isinstance(model, dict) else None
+        return None if cell is None else str(cell)
 
     def flat_config(self) -> dict[str, Any]:
         """The config as `section.key -> value`, the form overrides and `compare` use."""
@@ -168,10 +185,14 @@ def read_run(path: str | Path, name: str | None = None) -> RunInfo:
     path = Path(path)
     if not is_run_dir(path):
         raise CharlmError(f"{path}: not a run folder (no {CONFIG_NAME} in it)")
+    where = path / CONFIG_NAME
     try:
-        config = yaml.safe_load((path / CONFIG_NAME).read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as e:
-        raise CharlmError(f"{path / CONFIG_NAME}: cannot read the run's config ({e})") from None
+        text = where.read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise CharlmError(f"{where}: not UTF-8 text (byte offset {e.start})") from None
+    except OSError as e:
+        raise CharlmError(f"{where}: cannot read the run's config ({e.strerror or e})") from None
+    config = parse_yaml(text, str(where))
     if not isinstance(config, dict):
         raise CharlmError(f"{path / CONFIG_NAME}: expected a mapping of config sections")
     summary = read_summary(path)
@@ -187,8 +208,26 @@ def read_run(path: str | Path, name: str | None = None) -> RunInfo:
     )
 
 
-def find_runs(root: str | Path) -> list[RunInfo]:
-    """Every run folder at or under `root`, named by its path relative to `root`, sorted."""
+Warn = Callable[[str], None]
+
+
+def _read_or_skip(path: Path, name: str | None, warn: Warn | None) -> list[RunInfo]:
+    """[the run], or [] after `warn(why)` when it cannot be read and `warn` is given."""
+    try:
+        return [read_run(path, name=name)]
+    except CharlmError as e:
+        if warn is None:
+            raise
+        warn(f"skipped a run: {e}")
+        return []
+
+
+def find_runs(root: str | Path, warn: Warn | None = None) -> list[RunInfo]:
+    """Every run folder at or under `root`, named by its path relative to `root`, sorted.
+
+    With `warn`, a run whose config cannot be read is skipped and named to `warn`; without it,
+    that run's error stops the search.
+    """
     root = Path(root)
     if not root.is_dir():
         raise CharlmError(f"{root}: no such folder; expected a folder of runs")
@@ -199,21 +238,22 @@ def find_runs(root: str | Path) -> list[RunInfo]:
         run = config.parent
         if CHECKPOINT_DIR in run.relative_to(root).parts:
             continue
-        found.append(read_run(run, name=run.relative_to(root).as_posix()))
+        found += _read_or_skip(run, run.relative_to(root).as_posix(), warn)
     return found
 
 
-def collect_runs(paths: list[Path]) -> list[RunInfo]:
+def collect_runs(paths: list[Path], warn: Warn | None = None) -> list[RunInfo]:
     """Runs named on the command line: run folders, or folders of runs (a sweep's folder).
 
-    Runs are named by folder name, or by the path as given where two folder names clash.
+    Runs are named by folder name, or by the path as given where two folder names clash. With
+    `warn`, unreadable runs are skipped as in `find_runs`.
     """
     found: list[RunInfo] = []
     for path in paths:
         if is_run_dir(path):
-            found.append(read_run(path))
+            found += _read_or_skip(path, None, warn)
         elif path.is_dir():
-            inner = find_runs(path)
+            inner = find_runs(path, warn)
             if not inner:
                 raise CharlmError(f"{path}: no run folders in it (none holds {CONFIG_NAME})")
             found.extend(inner)

@@ -28,6 +28,7 @@ from torch import nn
 
 from charlm import stepper as steps
 from charlm.errors import CharlmError
+from charlm.machine import available_memory, cpu_count
 from charlm.model import CharLM
 from charlm.precision import time_steps
 from charlm.sample_options import SampleOptions
@@ -381,8 +382,43 @@ def choose_device(model: nn.Module, options: SampleOptions) -> tuple[nn.Module, 
 
 
 def check_threads(threads: int | None) -> None:
-    if threads is not None and threads < 1:
-        raise CharlmError(f"--threads {threads}: expected a whole number >= 1")
+    """1 to the CPUs this process may use: far more threads than CPUs crash OpenMP."""
+    if threads is None:
+        return
+    cpus = cpu_count()
+    if not 1 <= threads <= cpus:
+        raise CharlmError(
+            f"--threads {threads}: expected a whole number from 1 to {cpus} (the CPUs here)"
+        )
+
+
+# What a sample costs beyond the model, as measured: its seeded generator and lists (about 5 KB),
+# a chunk of Gumbel noise (three float32 copies of NOISE_CHUNK x vocab) and, per character, the
+# step's tuple slot and the joined text (about 13 bytes).
+ROW_BYTES = 5000
+BYTES_PER_CHAR = 13
+
+
+def sampling_bytes(vocab_size: int, options: SampleOptions) -> int:
+    """About how much memory decoding `options` takes, for `options.batch` rows."""
+    per_row = ROW_BYTES + 12 * NOISE_CHUNK * vocab_size + BYTES_PER_CHAR * options.length
+    return options.batch * per_row
+
+
+def check_sampling_memory(vocab_size: int, options: SampleOptions) -> None:
+    """Refuse --num-samples (or --beam) whose batch cannot fit in the memory available now."""
+    free = available_memory()
+    need = sampling_bytes(vocab_size, options)
+    if free is None or need <= free:
+        return
+    option = f"--beam {options.beam}" if options.beam is not None else "--num-samples"
+    if options.beam is None:
+        option += f" {options.num_samples}"
+    raise CharlmError(
+        f"{option} with --length {options.length}: needs about {need / 1e9:,.1f} GB "
+        f"({need // options.batch:,} bytes per sample), but this machine has {free / 1e9:,.1f} "
+        f"GB available; ask for fewer at a time"
+    )
 
 
 @contextmanager

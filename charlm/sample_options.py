@@ -6,12 +6,17 @@ accept, and the errors name the command line option a user typed.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from charlm.errors import CharlmError
 from charlm.precision import check_precision
+
+# Below this, logits / T overflow float32 (or 1 / T is inf) and the argmax picks the first inf,
+# not the likeliest symbol; any T this small is greedy to every digit anyway.
+MIN_TEMPERATURE = 1e-6
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -45,8 +50,16 @@ class SampleOptions:
         temperature = 1.0 if self.temperature is None else self.temperature
         if self.length < 1:
             raise CharlmError(f"--length {self.length}: expected a positive number of characters")
-        if not temperature >= 0:
-            raise CharlmError(f"--temperature {temperature}: expected a number >= 0 (0 = greedy)")
+        if not temperature >= 0 or math.isinf(temperature):
+            raise CharlmError(
+                f"--temperature {temperature}: expected a finite number >= 0 (0 = greedy)"
+            )
+        if 0 < temperature < MIN_TEMPERATURE:
+            raise CharlmError(
+                f"--temperature {temperature}: expected 0 (greedy) or at least "
+                f"{MIN_TEMPERATURE:g}; smaller values are greedy anyway, and the smallest "
+                f"overflow the scaled logits to inf"
+            )
         if self.top_k is not None and self.top_k < 1:
             raise CharlmError(f"--top-k {self.top_k}: expected a whole number >= 1")
         if self.top_p is not None and not 0 < self.top_p <= 1:

@@ -123,7 +123,8 @@ TRAIN_CASES: list[tuple[str, Setup, list[str]]] = [
     (
         "shorter-than-a-sequence",
         corpus_with(make_text(300).encode()),
-        ["train split", "characters", "need at least", "train.seq_len"],
+        # batch 8 x seq_len 32: 8 * 33 + 32 (not the 552 this once claimed), and the corpus named
+        ["corpus.txt: the train split", "characters", "need at least 296", "train.seq_len"],
     ),
     (
         "val-split-too-small",
@@ -180,6 +181,41 @@ TRAIN_CASES: list[tuple[str, Setup, list[str]]] = [
     ("yaml-wrong-type", config_file("model:\n  dropout: [1, 2]\n"), ["model.dropout", "[1, 2]"]),
     ("yaml-date", config_file("data:\n  encoding: 2024-01-01\n"), ["data.encoding", "string"]),
     ("two-config-files", good_corpus("a.yaml", "b.yaml"), ["at most one CONFIG", "a.yaml"]),
+    ("seed-1e30", good_corpus("train.seed=1e30"), ["train.seed", f"[0, {2**63 - 1}]"]),
+    ("seed-2-64-minus-1", good_corpus(f"train.seed={2**64 - 1}"), ["train.seed", "out of range"]),
+    ("seed-negative", good_corpus("train.seed=-1"), ["train.seed", "-1"]),
+    (
+        "hidden-size-beyond-memory",
+        good_corpus("model.hidden_size=100000"),
+        ["model.hidden_size=100000", "parameters need about", "GB", "available"],
+    ),
+    (
+        "yaml-duplicate-key",
+        config_file("model:\n  cell: gru\n  hidden_size: 8\n  cell: lstm\n"),
+        ["bad.yaml", "duplicate key 'cell'", "lines 2 and 4"],
+    ),
+    (
+        "yaml-duplicate-section",
+        config_file("train:\n  lr: 0.1\nmodel: {}\ntrain:\n  lr: 0.2\n"),
+        ["bad.yaml", "duplicate key 'train'", "lines 1 and 4"],
+    ),
+    ("yaml-duplicate-flow-key", config_file("model: {cell: gru, cell: lstm}\n"), ["line 1"]),
+]
+
+
+def cache_dir_is_a_file(tmp: Path) -> list[str]:
+    (tmp / "cache").write_text("not a folder\n", encoding="utf-8")
+    return [*good_corpus()(tmp), f"data.cache_dir={tmp / 'cache'}"]
+
+
+def cache_dir_under_a_file(tmp: Path) -> list[str]:
+    (tmp / "cache").write_text("not a folder\n", encoding="utf-8")
+    return [*good_corpus()(tmp), f"data.cache_dir={tmp / 'cache' / 'ids'}"]
+
+
+TRAIN_CASES += [
+    ("cache-dir-is-a-file", cache_dir_is_a_file, ["data.cache_dir", "cache", "is not one"]),
+    ("cache-dir-under-a-file", cache_dir_under_a_file, ["data.cache_dir", "ids", "is not one"]),
 ]
 
 
@@ -299,6 +335,21 @@ RUN_CASES: list[tuple[str, RunArgs, list[str]]] = [
     ("top-p-above-one", lambda run, tmp: ["sample", run, "--top-p", "1.5"], ["--top-p 1.5"]),
     ("top-k-zero", lambda run, tmp: ["sample", run, "--top-k", "0"], ["--top-k 0", ">= 1"]),
     ("num-samples-zero", lambda run, tmp: ["sample", run, "--num-samples", "0"], ["--num-samples"]),
+    (
+        "temperature-inf",
+        lambda run, tmp: ["sample", run, "-t", "inf"],
+        ["--temperature inf", "finite"],
+    ),
+    (
+        "temperature-underflow",
+        lambda run, tmp: ["sample", run, "-t", "1e-320"],
+        ["--temperature 1e-320", "0 (greedy) or at least 1e-06"],
+    ),
+    (
+        "threads-beyond-cpus",
+        lambda run, tmp: ["sample", run, "--threads", "100000"],
+        ["--threads 100000", "from 1 to", "CPUs"],
+    ),
     (
         "prime-unseen-chars",
         lambda run, tmp: ["sample", run, "--prime", "The ÿÿ cat ☃"],
@@ -421,3 +472,36 @@ def test_real_process_prints_one_line_and_no_traceback(tmp_path: Path) -> None:
     assert proc.stderr.startswith("error: ") and len(proc.stderr.strip().splitlines()) == 1
     assert "line 2" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--num-samples", "1000000"], ["--num-samples 1000000", "GB", "available", "fewer"]),
+        (["--num-samples", "40", "--length", "10"], ["--num-samples 40", "bytes per sample"]),
+        (["--beam", "64", "--length", "10"], ["--beam 64", "GB"]),
+    ],
+    ids=["a-million", "small-machine", "beam"],
+)
+def test_sample_batch_beyond_memory(
+    trained_run: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], words: list[str]
+) -> None:
+    """Refused before any noise is drawn; the machine is made small so the case is exact."""
+    monkeypatch.setattr("charlm.sample.available_memory", lambda: 500_000)
+    before = snapshot(trained_run)
+    result = invoke(["sample", trained_run, *args])
+    assert_clean_failure(result, words)
+    assert result.stdout == ""
+    assert snapshot(trained_run) == before
+
+
+def test_train_model_beyond_memory_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Refused after counting the corpus and before its cache or the run folder is written."""
+    monkeypatch.setattr("charlm.machine.available_memory", lambda: 100_000)
+    args = good_corpus()(tmp_path)
+    before = snapshot(tmp_path)
+    result = invoke(["train", *args, "--out", tmp_path / "run"])
+    assert_clean_failure(result, ["model.hidden_size=32", "parameters need about", "available"])
+    assert snapshot(tmp_path) == before and not (tmp_path / "run").exists()

@@ -12,6 +12,11 @@ from charlm.cli.views import comparison_table, err, print_info, runs_table, tabl
 from charlm.errors import CharlmError
 
 
+def warn(message: str) -> None:
+    """A run left out of a table: one line on stderr, the table goes on."""
+    err.print(f"warning: {message}", markup=False, soft_wrap=True)
+
+
 @friendly
 def runs(
     folder: Path = typer.Argument(Path("runs"), help="A folder of runs (searched recursively)."),
@@ -20,7 +25,7 @@ def runs(
     """A table of the runs under a folder: cell, size, steps, time, best val bpc, status."""
     from charlm.runs import find_runs
 
-    found = find_runs(folder)
+    found = find_runs(folder, warn=warn)
     if as_json:
         typer.echo(json.dumps([run.to_dict() for run in found], indent=2))
         return
@@ -48,7 +53,11 @@ def compare(
 
     if plot is not None and plot.suffix.lower() != ".png":
         raise CharlmError(f"--plot {plot}: expected a file name ending in .png")
-    comparison = compare_runs(collect_runs([Path(a) for a in run_args]))
+    if plot is not None:
+        from charlm.plots import check_plot_path
+
+        check_plot_path(plot)
+    comparison = compare_runs(collect_runs([Path(a) for a in run_args], warn=warn))
     if plot is not None:
         from charlm.plots import plot_comparison
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
+import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -98,7 +100,7 @@ def sample(
 ) -> None:
     """Print the prime followed by exactly --length new characters to stdout, as they come."""
     from charlm.checkpoint import load_model
-    from charlm.sample import check_threads, sampling_threads
+    from charlm.sample import check_sampling_memory, check_threads, sampling_threads
     from charlm.sample_options import SampleOptions, parse_stops
     from charlm.vocab import check_unknown_policy
 
@@ -111,16 +113,61 @@ def sample(
     check_unknown_policy(unknown)
     if interactive and prime:
         raise CharlmError("--prime with --interactive: each line typed is the prime; drop --prime")
+    check_streams(interactive)
     loaded = load_model(run, "cpu" if device == "auto" else device, impl)
+    check_sampling_memory(len(loaded.vocab), options)
     with sampling_threads(loaded.model, options, threads):  # the timings below run on them
         if device == "auto":
             loaded = chosen_device(loaded, options)
         options = resolved_precision(loaded.model, options)
         write = functools.partial(write_samples, loaded, options, as_json)
-        if interactive:
-            prompt_loop(write)
-        else:
-            write(prime, echo_prime=True)
+        with stdout_errors():
+            if interactive:
+                prompt_loop(write)
+            else:
+                write(prime, echo_prime=True)
+
+
+def check_streams(interactive: bool) -> None:
+    """Refuse a closed stdout (`>&-`), or a closed stdin for --interactive (`<&-`), up front."""
+    if sys.stdout is None:
+        raise CharlmError(
+            "standard output is closed: nowhere to write the samples; redirect it to a file "
+            "or /dev/null"
+        )
+    if interactive and sys.stdin is None:
+        raise CharlmError("--interactive: standard input is closed; pipe or type the primes")
+
+
+# The exit code of a process killed by SIGPIPE, as `charlm sample | head` would get from a tool
+# that keeps the default signal handler (Python ignores SIGPIPE and gets an error instead).
+BROKEN_PIPE_EXIT = 141
+
+
+@contextlib.contextmanager
+def stdout_errors() -> Iterator[None]:
+    """A reader that went away (`| head`) ends sampling in silence; a full or failing stdout is
+    one error line. Either way stdout is pointed at /dev/null, so the flush at exit is quiet."""
+    try:
+        yield
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _drop_stdout()
+        raise typer.Exit(BROKEN_PIPE_EXIT) from None
+    except OSError as e:
+        _drop_stdout()
+        reason = e.strerror or str(e)
+        raise CharlmError(f"standard output: cannot write the samples ({reason})") from None
+
+
+def _drop_stdout() -> None:
+    try:
+        fd = sys.stdout.fileno()
+        devnull = os.open(os.devnull, os.O_WRONLY)
+    except (OSError, ValueError, AttributeError):
+        return  # not a real file (a test's capture): nothing is flushed at exit
+    os.dup2(devnull, fd)
+    os.close(devnull)
 
 
 def chosen_device(loaded: Loaded, options: SampleOptions) -> Loaded:

@@ -7,6 +7,7 @@ nothing here imports torch.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,27 @@ from rich.markup import escape
 from rich.table import Table
 
 err = Console(stderr=True, highlight=False)
+
+
+def show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: Any = None,
+    line: str | None = None,
+) -> None:
+    """charlm's own warnings (a corpus's skipped files, say) as one `warning:` line on stderr;
+    any other as Python shows it."""
+    if category.__module__.startswith("charlm."):
+        err.print(f"warning: {message}", markup=False, soft_wrap=True)
+    else:
+        _python_showwarning(message, category, filename, lineno, file, line)
+
+
+# The command line shows warnings this way from the moment it is imported (it imports this first).
+_python_showwarning = warnings.showwarning
+warnings.showwarning = show_warning
 
 
 # ----------------------------------------------------------------------- training progress

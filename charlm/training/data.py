@@ -10,6 +10,7 @@ from charlm.batches import Splits, check_train_size, split_ids
 from charlm.cache import prepare_corpus, split_sizes
 from charlm.config import BUILTIN_CORPUS, Config
 from charlm.errors import CharlmError
+from charlm.machine import check_model_fits
 from charlm.vocab import Vocab
 
 
@@ -36,9 +37,14 @@ def prepare_data(config: Config) -> Data:
                 f"({chars:,} in all x data.val_fraction={d.val_fraction}); "
                 f"need at least 2: use a larger corpus or a larger data.val_fraction"
             )
-        check_train_size(n_train, t.batch_size, t.seq_len, t.batching)
+        check_train_size(n_train, t.batch_size, t.seq_len, t.batching, d.corpus or BUILTIN_CORPUS)
+        check_model_fits(config, 1, on_gpu)  # a vocabulary of one: a model that cannot fit anyway
 
+    import torch  # the trainer has it loaded already
+
+    on_gpu = t.device == "cuda" or (t.device == "auto" and torch.cuda.is_available())
     corpus = prepare_corpus(d, check)
+    check_model_fits(config, len(corpus.vocab), on_gpu)  # before the model is built
     splits = split_ids(corpus.ids, d.val_fraction, d.test_fraction)
     spec = corpus.source
     resolved = spec if spec == BUILTIN_CORPUS else str(Path(spec).absolute())
