@@ -129,14 +129,15 @@ def rollback_metrics(run: Path, step: int) -> int:
     path = run / METRICS_NAME
     if not path.is_file():
         return 0
-    lines = path.read_text(encoding="utf-8").splitlines()
+    lines = path.read_bytes().decode("utf-8", "replace").splitlines()
     kept = []
-    for line in lines:
+    for line in lines:  # a damaged line (bad bytes, no JSON, no whole step) is dropped too
         try:
             row = json.loads(line)
-        except json.JSONDecodeError:
+        except ValueError:
             continue
-        if isinstance(row, dict) and int(row.get("step", 0)) <= step:
+        at = row.get("step") if isinstance(row, dict) else None
+        if isinstance(at, int) and not isinstance(at, bool) and at <= step:
             kept.append(line)
     dropped = len(lines) - len(kept)
     if dropped:

@@ -129,10 +129,6 @@ def test_compare_plot_into_a_missing_folder_is_refused(
     assert result.stdout == ""  # refused before the table
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="charlm.rundir.rollback_metrics still reads metrics.jsonl strictly (a traceback)",
-)
 @pytest.mark.parametrize(
     "damage",
     [_append(b'{"step": "x"}\n'), _append(b"\xff\xfe\n")],
