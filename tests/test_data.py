@@ -10,7 +10,7 @@ import torch
 
 from charlm.batches import StreamBatcher, eval_segments, split_ids
 from charlm.config import DataConfig
-from charlm.corpus import load_corpus, stdlib_files
+from charlm.corpus import CorpusWarning, load_corpus, stdlib_files
 from charlm.errors import CharlmError
 from charlm.vocab import Vocab
 
@@ -42,7 +42,8 @@ def test_corpus_folder_is_sorted_and_skips_binary(tmp_path: Path) -> None:
     (tmp_path / "sub" / "c.md").write_text("third\n")
     (tmp_path / "image.bin").write_bytes(b"\x89PNG\0\0\0")
     (tmp_path / ".hidden").write_text("secret\n")
-    corpus = load_corpus(DataConfig(corpus=str(tmp_path)))
+    with pytest.warns(CorpusWarning, match="image.bin"):
+        corpus = load_corpus(DataConfig(corpus=str(tmp_path)))
     assert corpus.text == "first\nsecond\nthird\n"
     assert len(corpus.files) == 3
 
