@@ -229,6 +229,7 @@ def write_torchscript(loaded: ckpt.Loaded, path: Path) -> float:
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(Step(loaded.model).eval(), step_inputs(loaded, 1))
-        torch.jit.save(traced, str(path), _extra_files={"charlm.json": step_record(loaded, "torchscript")})
+        extra = {"charlm.json": step_record(loaded, "torchscript")}
+        torch.jit.save(traced, str(path), _extra_files=extra)
         back = torch.jit.load(str(path), map_location="cpu")
     return probe(loaded, lambda *args: list(back(*args)))

@@ -62,6 +62,7 @@ def _summary(path: Path, record: dict[str, Any]) -> dict[str, Any]:
         or ((record.get("config") or {}).get("train") or {}).get("precision", "fp32"),
         "precision_probe": record.get("precision_probe"),  # auto's timings, when it timed
         "torch_version": record.get("torch_version"),
+        "init_from": ((record.get("config") or {}).get("train") or {}).get("init_from"),
         "config": record.get("config"),
     }
 

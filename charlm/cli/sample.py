@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -64,6 +65,9 @@ def sample(
         None, "--top-p", help="Sample only from the smallest set with this much probability."
     ),
     prime: str = typer.Option("", "--prime", "-p", help="Text to start from (printed first)."),
+    prime_file: Path | None = typer.Option(
+        None, "--prime-file", help="Start from this file's text (UTF-8) instead of --prime."
+    ),
     seed: int | None = typer.Option(
         None, "--seed", "-s", help="Seed: the same seed, the same text."
     ),
@@ -111,6 +115,8 @@ def sample(
     check_unknown_policy(unknown)
     if interactive and prime:
         raise CharlmError("--prime with --interactive: each line typed is the prime; drop --prime")
+    if prime_file is not None:
+        prime = read_prime_file(prime_file, prime, interactive)
     loaded = load_model(run, "cpu" if device == "auto" else device, impl)
     with sampling_threads(loaded.model, options, threads):  # the timings below run on them
         if device == "auto":
@@ -120,7 +126,26 @@ def sample(
         if interactive:
             prompt_loop(write)
         else:
-            write(prime, echo_prime=True)
+            try:
+                write(prime, echo_prime=True)
+            except BrokenPipeError:  # the reader left (`| head`): stop quietly, exit 0
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def read_prime_file(path: Path, prime: str, interactive: bool) -> str:
+    """`--prime-file`: the file's text, its line endings made LF as the corpus's are."""
+    from charlm.corpus import normalise_newlines
+
+    if prime or interactive:
+        given = "--prime" if prime else "--interactive"
+        raise CharlmError(f"--prime-file {path} with {given}: give the prime one way")
+    try:
+        return normalise_newlines(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise CharlmError(f"--prime-file {path}: not UTF-8 text (byte offset {e.start})") from None
+    except (OSError, ValueError) as e:
+        reason = getattr(e, "strerror", None) or e
+        raise CharlmError(f"--prime-file {path}: cannot read it ({reason})") from None
 
 
 def chosen_device(loaded: Loaded, options: SampleOptions) -> Loaded:

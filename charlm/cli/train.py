@@ -40,6 +40,13 @@ def train(
         help="Continue this run folder from its newest intact checkpoint, with its recorded "
         "config (only train.max_steps, train.max_time and train.device may be overridden).",
     ),
+    init_from: str | None = typer.Option(
+        None,
+        "--init-from",
+        help="Fine-tune: start from this run's (best, else newest) checkpoint or a checkpoint "
+        "file (sets train.init_from; see docs/api.md).",
+        show_default=False,
+    ),
     nproc: int | None = typer.Option(
         None,
         "--nproc",
@@ -61,7 +68,8 @@ def train(
     from charlm.training import resume as resume_training
     from charlm.training import train as run_training
 
-    config_path, overrides = split_train_args(args or [])
+    args = [*(args or []), *([f"train.init_from={init_from}"] if init_from else [])]
+    config_path, overrides = split_train_args(args)
     _check_resume(resume, config_path, out)
     if nproc is not None and nproc != 1:
         raise typer.Exit(_launch(nproc, args or [], config_path, out, resume, quiet))
