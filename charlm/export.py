@@ -37,6 +37,11 @@ TOLERANCE = 1e-4
 """The largest logit difference between an exported step and PyTorch's that an export accepts."""
 PROBE_STEPS = 64
 STEP_FORMAT = "charlm-step"
+DESCRIBED = (
+    "corpus", "elapsed_s", "eval_s", "best_val_loss", "best_step", "last_val", "interval_evals",
+    "device", "precision", "torch_version",
+)  # fmt: skip
+"""Fields of the source's record an export keeps: what `charlm info` and `eval` read."""
 INSTALL_HINT = "pip install 'charlm[export]' (or: pip install onnx onnxruntime)"
 
 
@@ -126,13 +131,11 @@ def record_of(loaded: ckpt.Loaded, fmt: str, dtype: str = "fp32") -> dict[str, A
     """The JSON an exported file carries: what to rebuild the model and read its ids with."""
     record = loaded.checkpoint.record
     return {
+        **{k: record[k] for k in DESCRIBED if k in record},
         "config": config_to_dict(loaded.config),
         "vocab": loaded.vocab.to_dict(),
-        "corpus": record.get("corpus"),
         "step": loaded.checkpoint.step,
         "parameters": loaded.model.num_parameters(),
-        "best_val_loss": record.get("best_val_loss"),
-        "last_val": record.get("last_val"),
         "exported": {"from": str(loaded.checkpoint.path), "format": fmt, "dtype": dtype},
     }
 
