@@ -40,6 +40,7 @@ PRECISION_HELP = (
     "1.1x fp32's speed or more (named on stderr). Any but fp32 can change a seed's text; "
     "`charlm eval RUN --precision P` shows what one costs your model."
 )
+PRIME_FILE_HELP = "Start from this file's text (UTF-8) instead of --prime."
 THREADS_HELP = (
     "CPU threads for the steps. Default: 1 for a single sample (fastest on a busy "
     "machine), all cores for batches; 2 or more can speed up a wide model's single "
@@ -65,9 +66,7 @@ def sample(
         None, "--top-p", help="Sample only from the smallest set with this much probability."
     ),
     prime: str = typer.Option("", "--prime", "-p", help="Text to start from (printed first)."),
-    prime_file: Path | None = typer.Option(
-        None, "--prime-file", help="Start from this file's text (UTF-8) instead of --prime."
-    ),
+    prime_file: Path | None = typer.Option(None, "--prime-file", help=PRIME_FILE_HELP),
     seed: int | None = typer.Option(
         None, "--seed", "-s", help="Seed: the same seed, the same text."
     ),
@@ -115,8 +114,7 @@ def sample(
     check_unknown_policy(unknown)
     if interactive and prime:
         raise CharlmError("--prime with --interactive: each line typed is the prime; drop --prime")
-    if prime_file is not None:
-        prime = read_prime_file(prime_file, prime, interactive)
+    prime = read_prime_file(prime_file, prime, interactive) if prime_file else prime
     loaded = load_model(run, "cpu" if device == "auto" else device, impl)
     with sampling_threads(loaded.model, options, threads):  # the timings below run on them
         if device == "auto":

@@ -18,6 +18,11 @@ from charlm.cli.views import (
 )
 from charlm.errors import CharlmError
 
+INIT_FROM_HELP = (
+    "Fine-tune: start from this run's (best, else newest) checkpoint or a checkpoint file "
+    "(sets train.init_from; see docs/api.md)."
+)
+
 
 @friendly
 def train(
@@ -40,13 +45,7 @@ def train(
         help="Continue this run folder from its newest intact checkpoint, with its recorded "
         "config (only train.max_steps, train.max_time and train.device may be overridden).",
     ),
-    init_from: str | None = typer.Option(
-        None,
-        "--init-from",
-        help="Fine-tune: start from this run's (best, else newest) checkpoint or a checkpoint "
-        "file (sets train.init_from; see docs/api.md).",
-        show_default=False,
-    ),
+    init_from: str | None = typer.Option(None, "--init-from", help=INIT_FROM_HELP),
     nproc: int | None = typer.Option(
         None,
         "--nproc",
