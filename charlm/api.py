@@ -115,29 +115,72 @@ class Model:
             unknown=unknown, precision=self.precision, beam=beam,
         )  # fmt: skip
 
-    def generate(self, prime: str = "", length: int = 200, **kwargs: Any) -> str:
-        """One continuation of `prime` (not repeated), as `charlm sample` would print it after
-        the prime. Keywords: temperature, top_k, top_p, seed, stop, unknown (see `options`)."""
-        return "".join(self.stream(prime, length, **kwargs))
+    def generate(
+        self,
+        prime: str = "",
+        length: int = 200,
+        *,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        stop: str | Sequence[str] = (),
+        unknown: str = "error",
+    ) -> str:
+        """One continuation of `prime` (not repeated), as `charlm sample` prints it after the
+        prime; it ends early with the first `stop` string produced."""
+        return "".join(
+            self.stream(
+                prime, length, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+                stop=stop, unknown=unknown,
+            )
+        )  # fmt: skip
 
-    def stream(self, prime: str = "", length: int = 200, **kwargs: Any) -> Iterator[str]:
-        """The characters of one continuation as they are made, in constant memory for any
-        length (nothing is kept). The prime is checked before this returns. While the iterator
-        is alive, torch runs on the threads sampling uses; they are put back when it ends."""
+    def stream(
+        self,
+        prime: str = "",
+        length: int = 200,
+        *,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        stop: str | Sequence[str] = (),
+        unknown: str = "error",
+    ) -> Iterator[str]:
+        """The characters of `generate` as they are made, in constant memory for any length
+        (nothing is kept). The prime is checked before this returns. While the iterator is
+        alive, torch runs on the threads sampling uses; they are put back when it ends."""
         from charlm.sample import generate_batch
 
-        options = self.options(length, **kwargs)
+        options = self.options(
+            length, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, stop=stop,
+            unknown=unknown,
+        )  # fmt: skip
         rows = generate_batch(self.loaded.model, self.vocab, prime, options)
         return self._threaded(char for (char,) in rows)
 
     def generate_batch(
-        self, prime: str = "", num_samples: int = 2, length: int = 200, **kwargs: Any
+        self,
+        prime: str = "",
+        num_samples: int = 2,
+        length: int = 200,
+        *,
+        temperature: float | None = None,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int | None = None,
+        stop: str | Sequence[str] = (),
+        unknown: str = "error",
     ) -> list[Sample]:
         """`num_samples` continuations drawn in one batch (sample i is the one seed + i gives
         alone), each with its log-likelihood."""
         from charlm.sample import sample_batch
 
-        options = self.options(length, num_samples=num_samples, **kwargs)
+        options = self.options(
+            length, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, stop=stop,
+            unknown=unknown, num_samples=num_samples,
+        )  # fmt: skip
         with self._threads(options):
             return sample_batch(self.loaded.model, self.vocab, prime, options)
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_config
 from typer.testing import CliRunner
 
 import charlm
@@ -21,6 +22,7 @@ from charlm import export as ex
 from charlm.cli import app
 from charlm.errors import CharlmError
 from charlm.evaluate import evaluate_run
+from charlm.training import train
 
 ROOT = Path(__file__).resolve().parents[1]
 runner = CliRunner()
@@ -162,3 +164,19 @@ def test_an_unwritable_output_and_a_missing_extra(
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # as if not installed
     code, shown = cli("export", str(trained_run), "-f", "onnx", "-o", str(tmp_path / "m.onnx"))
     assert code == 1 and "pip install 'charlm[export]'" in shown
+
+
+def test_a_gru_step_has_one_state(tmp_path: Path, corpus_file: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    import onnxruntime as ort
+
+    run = tmp_path / "gru"
+    train(tiny_config(corpus_file, **{"model.cell": "gru", "train.max_steps": 5}), run)
+    for fmt in ("onnx", "torchscript"):
+        done = ex.export(run, fmt, tmp_path / f"step.{fmt}")
+        assert done.max_diff is not None and done.max_diff < ex.TOLERANCE
+    session = ort.InferenceSession(str(tmp_path / "step.onnx"))
+    assert [i.name for i in session.get_inputs()] == ["ids", "h"]
+    assert [o.name for o in session.get_outputs()] == ["logits", "h_out"]
+    meta = json.loads(session.get_modelmeta().custom_metadata_map["charlm"])
+    assert meta["inputs"] == ["ids", "h"] and meta["state_shape"] == [1, "batch", 32]

@@ -25,8 +25,8 @@ from charlm.distributed import Dist
 from charlm.evaluate import EvalResult, evaluate_ids
 from charlm.model import CharLM, resolve_device
 from charlm.rundir import CHECKPOINT_DIR, METRICS_NAME, MetricsLog, Summary, write_summary
-from charlm.training import init_from
 from charlm.training import state as st
+from charlm.training.init_from import build_model, prepare_data  # train.init_from aware
 from charlm.training.outcome import (
     TrainingDiverged,
     TrainingInterrupted,
@@ -77,12 +77,12 @@ class Trainer:
         random.seed(t.seed)
         np.random.seed(t.seed % 2**32)
         torch.manual_seed(t.seed)
-        self.data = init_from.prepare_data(config)  # the corpus, in a source's vocabulary
+        self.data = prepare_data(config)
         self.eval_chars = self._eval_chars()
         self.batcher = make_batcher(
             self.data.splits.train, t.batching, t.batch_size, t.seq_len, seed=t.seed
         )
-        self.model = init_from.build_model(config, self.data.vocab).to(self.device)
+        self.model = build_model(config, self.data.vocab).to(self.device)
         # With train.ema_decay, an average of the weights along the way is what gets scored,
         # saved as the run's model and sampled: at the steps five minutes buy it scored 0.007 to
         # 0.015 below the last weights (docs/benchmarks.md).
