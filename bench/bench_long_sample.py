@@ -1,10 +1,12 @@
 """Long generation: peak memory and speed of `charlm sample --length N`, and sampling from the
 ONNX export in onnxruntime against charlm's own sampler at batch 1.
 
-Each length runs `charlm sample RUN --length N --seed 1 --device cpu` in a child process with
-stdout going to /dev/null, and reports its peak resident memory (the kernel's maxrss for the
-child) and its characters per second (the run of one character subtracted, so start-up is out).
-Memory that stays flat from 10^5 to 10^7 characters means nothing grows per character.
+Each length runs `charlm sample RUN --length N --seed 1 --device cpu` in a child process whose
+output is read and counted here, and reports its peak resident memory (the kernel's maxrss for
+the child) and its characters per second (the run of one character subtracted, so start-up is
+out); from 10^6 characters on, the peak so far (VmHWM) is printed at every tenth of the way, so
+a run stopped early still tells. Memory that stays flat from 10^5 to 10^7 characters means
+nothing grows per character.
 
 With --onnx the run is exported to ONNX and greedy text is made three ways in this process, for
 --chars characters each: `charlm.load(RUN).stream` (charlm's stepper), the docs/api.md loop in
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -33,15 +36,34 @@ sys.path.insert(0, str(ROOT / "bench"))
 from common import DEFAULT_CORPUS, train_in_child  # noqa: E402
 
 
-def sample_child(run: Path, length: int) -> tuple[float, int]:
-    """(seconds, peak RSS in bytes) of `charlm sample RUN --length N > /dev/null`."""
+def high_water(pid: int) -> int:
+    """The process's peak resident memory so far (VmHWM), in bytes; 0 where /proc lacks it."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return 0
+    found = re.search(r"^VmHWM:\s+(\d+) kB", status, flags=re.MULTILINE)
+    return int(found.group(1)) * 1024 if found else 0
+
+
+def sample_child(run: Path, length: int, report: bool = False) -> tuple[float, int]:
+    """(seconds, peak RSS in bytes) of `charlm sample RUN --length N`, its output read and
+    counted here; with `report`, the peak so far is printed at every tenth of the length."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "charlm", "sample", str(run), "--length", str(length)]
     cmd += ["--seed", "1", "--device", "cpu"]
     start = time.perf_counter()
-    with open(os.devnull, "wb") as sink:
-        proc = subprocess.Popen(cmd, stdout=sink, env=env)
-        _, status, usage = os.wait4(proc.pid, 0)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, env=env)
+    assert proc.stdout is not None
+    got, mark = 0, length // 10
+    while chunk := proc.stdout.read1(1 << 16):
+        got += len(chunk)
+        if report and got >= mark:
+            seconds = time.perf_counter() - start
+            print(f"  {got:>12,} bytes out, {seconds:7.1f} s: peak RSS so far "
+                  f"{high_water(proc.pid) / 2**20:.1f} MiB", flush=True)  # fmt: skip
+            mark += length // 10
+    _, status, usage = os.wait4(proc.pid, 0)
     seconds = time.perf_counter() - start
     if os.waitstatus_to_exitcode(status) != 0:
         raise SystemExit(f"charlm sample --length {length} failed")
@@ -52,11 +74,12 @@ def memory(run: Path, lengths: list[int]) -> None:
     base, base_rss = sample_child(run, 1)
     print(f"start-up (--length 1): {base:.2f} s, peak RSS {base_rss / 2**20:.1f} MiB")
     for n in lengths:
-        seconds, rss = sample_child(run, n)
-        speed = n / max(seconds - base, 1e-9)
+        seconds, rss = sample_child(run, n, report=n >= 1_000_000)
+        speed = n / (seconds - base) if seconds > base + 1 else float("nan")
         print(
             f"--length {n:>12,}: {seconds:8.1f} s, {speed:10,.0f} chars/s, "
-            f"peak RSS {rss / 2**20:.1f} MiB"
+            f"peak RSS {rss / 2**20:.1f} MiB",
+            flush=True,
         )
 
 
