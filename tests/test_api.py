@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 import tracemalloc
@@ -168,3 +169,14 @@ def test_a_closed_pipe_ends_sampling_quietly(trained_run: Path) -> None:
     code = proc.wait(timeout=120)
     assert len(head) == 200
     assert code == 0 and proc.stderr.read() == b""
+
+
+def test_ctrl_c_stops_a_long_sample_cleanly(trained_run: Path) -> None:
+    cmd = [sys.executable, "-m", "charlm", "sample", str(trained_run), "-n", "10000000"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    assert proc.stdout is not None
+    assert len(proc.stdout.read(200)) == 200
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and b"Traceback" not in stderr
