@@ -11,13 +11,24 @@ from typing import Any
 from charlm.errors import CharlmError
 
 __version__ = "0.1.0"
-__all__ = ["CharlmError", "__version__", "evaluate", "generate", "load_config", "train"]
+__all__ = [
+    "CharlmError",
+    "Model",
+    "__version__",
+    "evaluate",
+    "generate",
+    "load",
+    "load_config",
+    "train",
+]
 
 _LAZY = {
     "load_config": ("charlm.config", "load_config"),
     "train": ("charlm.training", "train"),
     "generate": ("charlm.sample", "generate"),
     "evaluate": ("charlm.evaluate", "evaluate_run"),
+    "load": ("charlm.api", "load"),
+    "Model": ("charlm.api", "Model"),
 }
 
 

@@ -101,17 +101,20 @@ def record_digest(meta: dict[str, Any]) -> str:
 
 
 def save_checkpoint(path: Path, tensors: dict[str, torch.Tensor], record: dict[str, Any]) -> None:
-    """Save tensors (flat, '/'-separated names) and a JSON record atomically to `path`.
+    """Save tensors (flat, '/'-separated names) and a JSON record atomically to `path`."""
+    data = checkpoint_bytes(tensors, record)
+    files.atomic_write_bytes(path, data, "the checkpoint", "; the previous checkpoint is intact")
 
-    The record carries a SHA-256 of the tensors and one of the record itself, so a loader (and
-    `charlm info`) can tell an intact file from one damaged or edited after it was written.
-    """
+
+def checkpoint_bytes(tensors: dict[str, torch.Tensor], record: dict[str, Any]) -> bytes:
+    """The file's bytes: the tensors and the record, which carries a SHA-256 of the tensors and
+    one of the record itself, so a loader (and `charlm info`) can tell an intact file from one
+    damaged or edited after it was written."""
     cpu = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
     meta = {**record, "format": FORMAT, "version": VERSION, "tensors_sha256": tensor_digest(cpu)}
     meta = json.loads(json.dumps(meta))  # the record exactly as a loader will read it back
     meta["record_sha256"] = record_digest(meta)
-    data = safetensors_save(cpu, metadata={"charlm": json.dumps(meta)})
-    files.atomic_write_bytes(path, data, "the checkpoint", "; the previous checkpoint is intact")
+    return safetensors_save(cpu, metadata={"charlm": json.dumps(meta)})
 
 
 def load_checkpoint(path: str | Path, warn: bool = True) -> Checkpoint:

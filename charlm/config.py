@@ -188,6 +188,14 @@ class TrainConfig:
             "Also log metrics to RUN/tensorboard/ (needs `pip install -e '.[tensorboard]'`)."
         ),
     )
+    init_from: str | None = field(
+        default=None,
+        metadata=_help(
+            "Fine-tune: start from this run's (best, else newest) checkpoint or checkpoint file. "
+            "Weights, vocabulary and model keys come from it; optimizer, schedule, step and "
+            "data position start fresh (empty: a new model)."
+        ),
+    )
     batching: Literal["stream", "random"] = field(
         default="stream",
         metadata=_help(
@@ -305,6 +313,10 @@ def validate(config: Config) -> Config:
             _check(value > 0, f"train.{name}", value, "a number of seconds > 0 or empty")
     if t.eval_chars is not None:
         _check(t.eval_chars >= 2, "train.eval_chars", t.eval_chars, ">= 2 or empty")
+    if t.init_from is not None and (not t.init_from.strip() or "\0" in t.init_from):
+        raise CharlmError(
+            f"train.init_from: {t.init_from!r}; expected a run folder or checkpoint file"
+        )
     if t.max_steps is None and t.max_time is None:
         raise CharlmError("train.max_steps and train.max_time are both empty; set at least one")
     return config

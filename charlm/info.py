@@ -71,6 +71,7 @@ def _summary(loaded: ckpt.Checkpoint) -> dict[str, Any]:
         "precision": record.get("precision") or config.train.precision,
         "precision_probe": record.get("precision_probe"),  # auto's timings, when it timed
         "torch_version": record.get("torch_version"),
+        "init_from": config.train.init_from,
         "config": config_to_dict(config),
     }
 

@@ -41,6 +41,7 @@ PRECISION_HELP = (
     "1.1x fp32's speed or more (named on stderr). Any but fp32 can change a seed's text; "
     "`charlm eval RUN --precision P` shows what one costs your model."
 )
+PRIME_FILE_HELP = "Start from this file's text (UTF-8) instead of --prime."
 THREADS_HELP = (
     "CPU threads for the steps. Default: 1 for a single sample (fastest on a busy "
     "machine), all cores for batches; 2 or more can speed up a wide model's single "
@@ -66,6 +67,7 @@ def sample(
         None, "--top-p", help="Sample only from the smallest set with this much probability."
     ),
     prime: str = typer.Option("", "--prime", "-p", help="Text to start from (printed first)."),
+    prime_file: Path | None = typer.Option(None, "--prime-file", help=PRIME_FILE_HELP),
     seed: int | None = typer.Option(
         None, "--seed", "-s", help="Seed: the same seed, the same text."
     ),
@@ -114,6 +116,7 @@ def sample(
     if interactive and prime:
         raise CharlmError("--prime with --interactive: each line typed is the prime; drop --prime")
     check_streams(interactive)
+    prime = read_prime_file(prime_file, prime, interactive) if prime_file else prime
     loaded = load_model(run, "cpu" if device == "auto" else device, impl)
     check_sampling_memory(len(loaded.vocab), options)
     with sampling_threads(loaded.model, options, threads):  # the timings below run on them
@@ -168,6 +171,22 @@ def _drop_stdout() -> None:
         return  # not a real file (a test's capture): nothing is flushed at exit
     os.dup2(devnull, fd)
     os.close(devnull)
+
+
+def read_prime_file(path: Path, prime: str, interactive: bool) -> str:
+    """`--prime-file`: the file's text, its line endings made LF as the corpus's are."""
+    from charlm.corpus import normalise_newlines
+
+    if prime or interactive:
+        given = "--prime" if prime else "--interactive"
+        raise CharlmError(f"--prime-file {path} with {given}: give the prime one way")
+    try:
+        return normalise_newlines(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise CharlmError(f"--prime-file {path}: not UTF-8 text (byte offset {e.start})") from None
+    except (OSError, ValueError) as e:
+        reason = getattr(e, "strerror", None) or e
+        raise CharlmError(f"--prime-file {path}: cannot read it ({reason})") from None
 
 
 def chosen_device(loaded: Loaded, options: SampleOptions) -> Loaded:

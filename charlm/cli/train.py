@@ -18,6 +18,11 @@ from charlm.cli.views import (
 )
 from charlm.errors import CharlmError
 
+INIT_FROM_HELP = (
+    "Fine-tune: start from this run's (best, else newest) checkpoint or a checkpoint file "
+    "(sets train.init_from; see docs/api.md)."
+)
+
 
 @friendly
 def train(
@@ -40,6 +45,7 @@ def train(
         help="Continue this run folder from its newest intact checkpoint, with its recorded "
         "config (only train.max_steps, train.max_time and train.device may be overridden).",
     ),
+    init_from: str | None = typer.Option(None, "--init-from", help=INIT_FROM_HELP),
     nproc: int | None = typer.Option(
         None,
         "--nproc",
@@ -62,7 +68,8 @@ def train(
     from charlm.training import train as run_training
     from charlm.training.signals import ignored_after_stop
 
-    config_path, overrides = split_train_args(args or [])
+    args = [*(args or []), *([f"train.init_from={init_from}"] if init_from else [])]
+    config_path, overrides = split_train_args(args)
     _check_resume(resume, config_path, out)
     if nproc is not None and nproc != 1:
         raise typer.Exit(_launch(nproc, args or [], config_path, out, resume, quiet))

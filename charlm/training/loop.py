@@ -26,8 +26,8 @@ from charlm.evaluate import EvalResult, evaluate_ids
 from charlm.model import CharLM, resolve_device
 from charlm.rundir import CHECKPOINT_DIR, METRICS_NAME, MetricsLog, Summary, write_summary
 from charlm.training import state as st
-from charlm.training.data import prepare_data
 from charlm.training.ending import RunEnd
+from charlm.training.init_from import build_model, prepare_data  # train.init_from aware
 from charlm.training.outcome import (
     TrainingDiverged,
     TrainResult,
@@ -81,7 +81,7 @@ class Trainer(RunEnd):
         self.batcher = make_batcher(
             self.data.splits.train, t.batching, t.batch_size, t.seq_len, seed=t.seed
         )
-        self.model = CharLM(config.model, len(self.data.vocab)).to(self.device)
+        self.model = build_model(config, self.data.vocab).to(self.device)
         # With train.ema_decay, an average of the weights along the way is what gets scored,
         # saved as the run's model and sampled: at the steps five minutes buy it scored 0.007 to
         # 0.015 below the last weights (docs/benchmarks.md).

@@ -20,6 +20,7 @@ from charlm.rundir import (
     write_config,
     write_summary,
 )
+from charlm.training import init_from
 from charlm.training.loop import Trainer
 from charlm.training.outcome import TrainingInterrupted, TrainResult, interrupted_summary
 
@@ -39,6 +40,7 @@ def train(
     (see `distributed.together`).
     """
     run_dir = Path(run_dir)
+    config = init_from.resolve_config(config)  # a fine-tune: model keys from its source
     if config.train.tensorboard:
         tblog.summary_writer_class()  # a missing extra stops here, before any work or writes
     with distributed.process_group() as info:
