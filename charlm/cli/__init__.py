@@ -7,7 +7,7 @@ are registered here, in the order `charlm --help` lists them.
 
 from __future__ import annotations
 
-from charlm.cli import data, runs, sample, train
+from charlm.cli import data, runs, sample, serve, train
 from charlm.cli.app import app, main
 
 app.command()(train.train)
@@ -17,6 +17,7 @@ app.command()(train.sweep)
 app.command()(runs.runs)
 app.command()(runs.compare)
 app.command()(runs.info)
+app.command()(serve.serve)
 app.add_typer(data.data_app, name="data")
 
 __all__ = ["app", "main"]
