@@ -54,6 +54,9 @@ def serve(
     """Serve a run over HTTP: OpenAI's /v1/completions (streaming too), /v1/models, /health,
     and a playground page at /."""
     try:
+        import starlette  # noqa: F401
+        import uvicorn  # noqa: F401
+
         from charlm.serving import app as web
         from charlm.serving import server
     except ImportError:

@@ -41,7 +41,7 @@ class ServeSettings:
 
     name: str
     info: dict[str, Any] = field(default_factory=dict)  # for /v1/models
-    limits: Limits = Limits()
+    limits: Limits = field(default_factory=Limits)
     api_key: str | None = None
 
 
@@ -202,7 +202,8 @@ class Api:
                 if s.done:
                     sent.add(s.index)
         if completion.include_usage:
-            yield sse({**self._head(rid), "choices": [], "usage": self._usage(completion, produced)})
+            usage = self._usage(completion, produced)
+            yield sse({**self._head(rid), "choices": [], "usage": usage})
         yield b"data: [DONE]\n\n"
 
     async def _whole(

@@ -47,9 +47,8 @@ class ApiError(Exception):
         self.code = code
 
     def body(self) -> dict[str, Any]:
-        return {
-            "error": {"message": str(self), "type": self.kind, "param": self.param, "code": self.code}
-        }
+        error = {"message": str(self), "type": self.kind, "param": self.param, "code": self.code}
+        return {"error": error}
 
 
 @dataclass(frozen=True)
@@ -91,7 +90,9 @@ def _int(body: dict[str, Any], name: str, default: int | None, low: int, high: i
     return value
 
 
-def _number(body: dict[str, Any], name: str, low: float, high: float, open_low: bool) -> float | None:
+def _number(
+    body: dict[str, Any], name: str, low: float, high: float, open_low: bool
+) -> float | None:
     value = body.get(name)
     if value is None:
         return None
@@ -181,7 +182,9 @@ def parse_completion(body: Any, vocab: Vocab, limits: Limits) -> Completion:
     base = secrets.randbits(63) if seed is None else seed
     stream, echo = _bool(body, "stream"), _bool(body, "echo")
     options = body.get("stream_options")
-    if options is not None and not (isinstance(options, dict) and set(options) <= {"include_usage"}):
+    if options is not None and not (
+        isinstance(options, dict) and options.keys() <= {"include_usage"}
+    ):
         raise _bad("stream_options", '{"include_usage": true or false}', options)
     include = bool(options and options.get("include_usage"))
     if beam is not None:
