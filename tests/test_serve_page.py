@@ -21,12 +21,12 @@ import pytest
 
 pytest.importorskip("starlette", reason="charlm serve needs the serve extra")
 
-from charlm.checkpoint import load_model  # noqa: E402
-from charlm.sample import generate  # noqa: E402
-from charlm.sample_options import SampleOptions  # noqa: E402
-from charlm.serving.app import ServeSettings, make_app  # noqa: E402
-from charlm.serving.engine import Engine  # noqa: E402
-from charlm.serving.server import serve_in_thread  # noqa: E402
+from charlm.checkpoint import load_model
+from charlm.sample import generate
+from charlm.sample_options import SampleOptions
+from charlm.serving.app import ServeSettings, make_app
+from charlm.serving.engine import Engine
+from charlm.serving.server import serve_in_thread
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(
