@@ -73,6 +73,8 @@ class Inbox:
         self.waiter: asyncio.Future[None] | None = None
 
     def notify(self, stream: Stream) -> None:
+        if id(stream) in self.ready:
+            return
         self.ready[id(stream)] = stream
         if self.waiter is not None and not self.waiter.done():
             self.waiter.set_result(None)
@@ -124,6 +126,13 @@ class Stream:
 
     def accept(self, char: str, logprob: tuple[str, float, dict[str, float]] | None) -> None:
         """Take one character; a stop string ends the stream and is not part of the text."""
+        if not self.longest and logprob is None:  # the common case, kept short
+            self.t += 1
+            self.out.text += char
+            self.inbox.notify(self)
+            if self.t >= self.spec.max_chars:
+                self.finish("length")
+            return
         self.t += 1
         held = self.held
         held.text += char
@@ -171,6 +180,25 @@ def _stop_prefix(tail: str, stops: tuple[str, ...]) -> int:
     return 0
 
 
+class _Batch:
+    """What a step needs to know about the active streams, worked out when they change."""
+
+    def __init__(self, streams: list[Stream], device: torch.device | None = None) -> None:
+        specs = [s.spec for s in streams]
+        self.sampled = [spec.temperature > 0 for spec in specs]
+        inv = [1.0 / spec.temperature if spec.temperature > 0 else 1.0 for spec in specs]
+        self.inv = None if all(v == 1.0 for v in inv) else torch.tensor(inv, device=device)[:, None]
+        groups: dict[tuple[int | None, float | None], list[int]] = {}
+        for i, spec in enumerate(specs):
+            if spec.temperature > 0 and (spec.top_k is not None or spec.top_p is not None):
+                groups.setdefault((spec.top_k, spec.top_p), []).append(i)
+        self.filters = [
+            (top_k, top_p, torch.tensor(rows, device=device))
+            for (top_k, top_p), rows in groups.items()
+        ]
+        self.scored = [i for i, spec in enumerate(specs) if spec.logprobs is not None]
+
+
 class Engine:
     """The batch of active streams, the queue behind it, and the loop that steps them."""
 
@@ -182,6 +210,7 @@ class Engine:
         max_queue: int = 256,
         precision: str = "fp32",
         slice_s: float = 0.005,
+        slice_per_stream_s: float = 0.0005,
     ) -> None:
         self.model = model.eval()
         self.vocab = vocab
@@ -189,6 +218,8 @@ class Engine:
         self.max_batch = max_batch
         self.max_queue = max_queue
         self.slice_s = slice_s
+        self.slice_per_stream_s = slice_per_stream_s
+        self.batch = _Batch([])  # what each step needs to know about the active streams
         self.device = next(model.parameters()).device
         self.stepper: Stepper = make_stepper(model, precision=precision, batch=max_batch)
         self.active: list[Stream] = []
@@ -249,7 +280,10 @@ class Engine:
                 self._wake.clear()
                 await self._wake.wait()
                 continue
-            end = time.perf_counter() + self.slice_s
+            # A slice grows with the batch: each stream's characters are sent once a slice, so
+            # the sending stays a small share of the time however many streams there are.
+            span = max(self.slice_s, self.slice_per_stream_s * len(self.active))
+            end = time.perf_counter() + span
             with torch.inference_mode():
                 while (self.active or self.waiting) and not self.stopping:
                     self.step()
@@ -305,9 +339,11 @@ class Engine:
             self.active += streams
         self.logits = torch.cat(logits) if len(logits) > 1 else logits[0]
         self.state = self.stepper.join(states) if len(states) > 1 else states[0]
+        self.batch = _Batch(self.active, self.device)
 
     def _keep(self, keep: list[int]) -> None:
         self.active = [self.active[i] for i in keep]
+        self.batch = _Batch(self.active, self.device)
         if not keep:
             self.state, self.logits = None, None
             return
@@ -319,26 +355,25 @@ class Engine:
     def _pick(self, x: Tensor) -> Tensor:
         """The next id of every active stream, as `charlm.sample.Decoding` picks it alone:
         argmax(filter(logits / T) + Gumbel noise), or argmax(logits) at T = 0."""
-        streams = self.active
+        streams, batch = self.active, self.batch
         vocab = x.shape[-1]
         zero = x.new_zeros(1, vocab)
-        inv = [1.0 / s.spec.temperature if s.spec.temperature > 0 else 1.0 for s in streams]
-        noise = torch.cat(
-            [s.noise_row(vocab) if s.spec.temperature > 0 else zero for s in streams]
-        ).to(x.device)
-        z = x if all(v == 1.0 for v in inv) else x * torch.tensor(inv, device=x.device)[:, None]
-        groups: dict[tuple[int | None, float | None], list[int]] = {}
-        for i, s in enumerate(streams):
-            if s.spec.temperature > 0 and (s.spec.top_k is not None or s.spec.top_p is not None):
-                groups.setdefault((s.spec.top_k, s.spec.top_p), []).append(i)
-        for (top_k, top_p), rows in groups.items():
-            index = torch.tensor(rows, device=x.device)
+        rows = [s.noise_row(vocab) if sampled else zero
+                for s, sampled in zip(streams, batch.sampled, strict=True)]  # fmt: skip
+        noise = (torch.cat(rows) if len(rows) > 1 else rows[0]).to(x.device)
+        z = x if batch.inv is None else x * batch.inv
+        for top_k, top_p, index in batch.filters:
             z = z.index_copy(0, index, filter_logits(z.index_select(0, index), top_k, top_p))
         ids = torch.add(z, noise).argmax(-1)
         picked = ids.tolist()
-        lps = self._logprobs(x, picked)
-        for i, (s, c) in enumerate(zip(streams, picked, strict=True)):
-            s.accept(self.chars[c], lps.get(i))
+        chars = self.chars
+        if batch.scored:
+            lps = self._logprobs(x, picked)
+            for i, (s, c) in enumerate(zip(streams, picked, strict=True)):
+                s.accept(chars[c], lps.get(i))
+        else:
+            for s, c in zip(streams, picked, strict=True):
+                s.accept(chars[c], None)
         return ids
 
     def _logprobs(
@@ -346,19 +381,17 @@ class Engine:
     ) -> dict[int, tuple[str, float, dict[str, float]]]:
         """For the streams that asked: the picked character's log-probability under the model's
         own distribution, and the `logprobs` likeliest characters with theirs."""
-        rows = [i for i, s in enumerate(self.active) if s.spec.logprobs is not None]
-        if not rows:
-            return {}
+        rows = self.batch.scored
         index = torch.tensor(rows, device=x.device)
         lp = torch.log_softmax(x.index_select(0, index), -1)
         most = max(self.active[i].spec.logprobs or 0 for i in rows)
         top_v, top_i = lp.topk(min(max(most, 1), lp.shape[-1]), -1)
         chosen = lp.gather(1, torch.tensor([[picked[i]] for i in rows], device=x.device))
         found = {}
-        for r, (i, vs, ids, c) in enumerate(
-            zip(rows, top_v.tolist(), top_i.tolist(), chosen.view(-1).tolist(), strict=True)
+        for i, vs, ids, c in zip(
+            rows, top_v.tolist(), top_i.tolist(), chosen.view(-1).tolist(), strict=True
         ):
             n = self.active[i].spec.logprobs or 0
             top = {self.chars[j]: v for j, v in zip(ids[:n], vs[:n], strict=True)}
-            found[i] = (self.chars[picked[rows[r]]], c, top)
+            found[i] = (self.chars[picked[i]], c, top)
         return found
