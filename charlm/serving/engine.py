@@ -210,7 +210,7 @@ class Engine:
         max_queue: int = 256,
         precision: str = "fp32",
         slice_s: float = 0.005,
-        slice_per_stream_s: float = 0.0005,
+        slice_per_stream_s: float = 0.001,
     ) -> None:
         self.model = model.eval()
         self.vocab = vocab
