@@ -22,7 +22,9 @@ INSTALL = "charlm serve needs the web server extra: pip install -e '.[serve]'"
 @friendly
 def serve(
     run: Path = typer.Argument(..., help=RUN_HELP),
-    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (loopback only)."),
+    host: str = typer.Option(
+        "127.0.0.1", "--host", help="Address to bind; any but loopback is reachable (warned)."
+    ),
     port: int = typer.Option(8000, "--port", help="TCP port."),
     max_batch: int = typer.Option(64, "--max-batch", help="Streams stepped together, at most."),
     max_queue: int = typer.Option(
@@ -78,6 +80,11 @@ def serve(
         raise CharlmError(f"--device {device!r}: expected cpu or cuda")
     torch.set_num_threads(threads or 1)
     loaded = load_model(run, device)
+    if precision == "auto":
+        from charlm.stepper import auto_precision
+
+        precision = auto_precision(loaded.model, max_batch)[0]
+        err.print(f"precision: {precision} (auto, timed at a batch of {max_batch})")
     engine = Engine(loaded.model, loaded.vocab, max_batch, max_queue, precision=precision)
     limits = Limits(max_tokens=max_tokens, max_prompt=max_prompt, max_body=max_body,
                     max_streams=max_batch, timeout_s=timeout, unknown=unknown)  # fmt: skip
