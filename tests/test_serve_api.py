@@ -243,3 +243,21 @@ def wait_for(check: Any, seconds: float = 10.0) -> bool:
             return True
         time.sleep(0.01)
     return False
+
+
+def test_logprobs_echo_usage_and_beam_through_the_client(client: Any, trained_run: Path) -> None:
+    got = client.completions.create(model="tiny", prompt="The ", max_tokens=6, seed=2,
+                                    logprobs=2, echo=True)  # fmt: skip
+    choice = got.choices[0]
+    assert choice.text.startswith("The ") and len(choice.text) == 10
+    assert choice.logprobs.tokens == list(choice.text[4:])
+    assert all(len(top) == 2 for top in choice.logprobs.top_logprobs)
+    chunks = list(client.completions.create(model="tiny", prompt="a", max_tokens=7, stream=True,
+                                            stream_options={"include_usage": True}))  # fmt: skip
+    assert chunks[-1].usage.completion_tokens == 7 and not chunks[-1].choices
+    beam = client.completions.create(model="tiny", prompt="The ", max_tokens=12,
+                                     extra_body={"beam": 3}, n=2)  # fmt: skip
+    want = cli_sample(trained_run, "--prime", "The ", "--beam", "3", "--num-samples", "2",
+                      "--length", "12")  # fmt: skip
+    assert "The " + beam.choices[0].text == want.split("\n----- sample")[0]
+    assert len(beam.choices) == 2

@@ -8,12 +8,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from charlm.checkpoint import Loaded, load_model
 from charlm.sample import generate
 from charlm.sample_options import SampleOptions
 from charlm.serving.engine import Engine, Inbox, QueueFull, Stream, StreamSpec
-from charlm.serving.protocol import ApiError, Limits, encode, parse_completion
+from charlm.serving.protocol import KNOWN, ApiError, Limits, encode, parse_completion
 
 
 @pytest.fixture(scope="module")
@@ -188,3 +190,19 @@ def test_a_request_becomes_one_spec_per_choice(loaded: Loaded) -> None:
     assert parse_completion({"prompt": "a\u2603"}, loaded.vocab, skip).specs[0].prime_ids == (
         encode(loaded.vocab, "a", "error")
     )
+
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner),
+    max_leaves=6,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.dictionaries(st.sampled_from(sorted(KNOWN)), JSON, max_size=6))
+def test_any_body_is_a_completion_or_a_4xx(loaded: Loaded, body: dict[str, Any]) -> None:
+    try:
+        parse_completion(body, loaded.vocab, Limits(unknown="skip"))
+    except ApiError as e:
+        assert 400 <= e.status < 500 and str(e)
