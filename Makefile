@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q $(TORCH)
-	$(BIN)/python -m pip install -q -e '.[dev,export]'
+	$(BIN)/python -m pip install -q -e '.[dev,export,serve]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -39,6 +39,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_cells.py --steps 5
 	$(BIN)/python bench/bench_corpus.py --sizes 10 --repeats 1 --steps 10
 	$(BIN)/python bench/bench_precision.py $(CORPUS) --steps 200 --rounds 2
+	$(BIN)/python bench/bench_serve.py --corpus $(CORPUS) --seconds 5
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

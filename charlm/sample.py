@@ -232,6 +232,13 @@ def _gumbel(
     return list(u.log_().neg_().log_().neg_().to(device).unbind(0))
 
 
+def gumbel_noise(generator: torch.Generator, vocab_size: int) -> list[torch.Tensor]:
+    """One sample's next NOISE_CHUNK steps of noise, each [1, vocab], drawn as `Decoding` draws
+    them for a sample alone, so a decoder that steps each sample on its own schedule (the
+    server's continuous batching) gives the seed's text."""
+    return _gumbel([generator], vocab_size, torch.device("cpu"))
+
+
 def generate_batch(
     model: CharLM, vocab: Vocab, prime: str = "", options: SampleOptions = SampleOptions()
 ) -> Iterator[tuple[str, ...]]:

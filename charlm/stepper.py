@@ -70,6 +70,10 @@ class Stepper(Protocol):
         """The state of the streams `index` picks, in that order (beam search)."""
         ...
 
+    def join(self, states: list[Any]) -> Any:
+        """One batch's state from the states of several batches, in order (continuous batching)."""
+        ...
+
 
 class ModelStepper:
     """The generic path: call the model itself for every step (under autocast for bf16)."""
@@ -100,6 +104,9 @@ class ModelStepper:
 
     def reorder(self, state: State, index: Tensor) -> State:
         return tuple(s.index_select(1, index) for s in state)
+
+    def join(self, states: list[State]) -> State:
+        return tuple(torch.cat(parts, 1) for parts in zip(*states, strict=True))
 
 
 class _FastStepper:
@@ -193,6 +200,9 @@ class _FastStepper:
 
     def reorder(self, state: list[Tensor], index: Tensor) -> list[Tensor]:
         return [s.index_select(0, index) for s in state]
+
+    def join(self, states: list[list[Tensor]]) -> list[Tensor]:
+        return [torch.cat(parts, 0) for parts in zip(*states, strict=True)]
 
 
 def _bias(rnn: nn.Module, name: str, size: int, like: Tensor) -> Tensor:

@@ -7,7 +7,7 @@ are registered here, in the order `charlm --help` lists them.
 
 from __future__ import annotations
 
-from charlm.cli import data, export, runs, sample, train
+from charlm.cli import data, export, runs, sample, serve, train
 from charlm.cli.app import app, main
 
 app.command()(train.train)
@@ -18,6 +18,7 @@ app.command()(runs.runs)
 app.command()(runs.compare)
 app.command()(runs.info)
 app.command()(export.export)
+app.command()(serve.serve)
 app.add_typer(data.data_app, name="data")
 
 __all__ = ["app", "main"]
