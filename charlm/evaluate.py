@@ -216,7 +216,7 @@ def evaluate_run(
     from charlm.checkpoint import load_model
     from charlm.corpus import load_corpus
 
-    loaded = load_model(run, device, impl)
+    loaded = load_model(run, eval_device(device, precision), impl)
     data = loaded.config.data
     n_streams = streams if streams is not None else loaded.config.train.eval_streams
     if corpus is not None:
@@ -244,6 +244,11 @@ def evaluate_run(
             f"(set data.test_fraction when training to have a test split)"
         )
     return _score(loaded.model, part, n_streams, precision, window)
+
+
+def eval_device(device: str, precision: str | None) -> str:
+    """`auto` scores on the CPU where the precision only exists there (int8), else as asked."""
+    return "cpu" if device == "auto" and precision == "int8" else device
 
 
 def _score(
@@ -302,7 +307,7 @@ def evaluate_files(
     from charlm.checkpoint import load_model
     from charlm.corpus import normalise_newlines, read_file, resolve_files
 
-    loaded = load_model(run, device, impl)
+    loaded = load_model(run, eval_device(device, precision), impl)
     data = loaded.config.data
     n_streams = streams if streams is not None else loaded.config.train.eval_streams
     scored: list[tuple[str, EvalResult]] = []

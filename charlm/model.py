@@ -10,6 +10,8 @@ evaluation and sampling handle both cells the same way.
 from __future__ import annotations
 
 import contextlib
+import warnings
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -106,7 +108,8 @@ def rnn_layers(rnn: nn.LSTM | nn.GRU, x: torch.Tensor, state: State) -> tuple[to
         if half is not None:  # bf16 for real: cast here, and keep autocast out of the call
             x, weights = x.to(half), [w.to(half) for w in weights]
             layer_state = [s.to(half) for s in layer_state]
-        with torch.autocast("cuda", enabled=False) if half else contextlib.nullcontext():
+        no_autocast = torch.autocast("cuda", enabled=False) if half else contextlib.nullcontext()
+        with no_autocast, layer_weights_copied(x):
             if lstm:
                 x, *outs = torch.lstm(
                     x, layer_state, weights, rnn.bias, 1, 0.0, rnn.training, False, True
@@ -120,6 +123,19 @@ def rnn_layers(rnn: nn.LSTM | nn.GRU, x: torch.Tensor, state: State) -> tuple[to
             final.append(out)
     # The carried state leaves in the dtype it came in (fp32), whatever the layers ran in.
     return x, tuple(torch.cat(f).to(s.dtype) for f, s in zip(finals, state, strict=True))
+
+
+@contextlib.contextmanager
+def layer_weights_copied(x: torch.Tensor) -> Iterator[None]:
+    """cuDNN copies one layer's weights into its own buffer for each call (they are not one
+    flat buffer any more), and warns each time; for one layer of a few MB that copy is the
+    price of charlm's dropout between layers, so the warning is expected and kept quiet."""
+    if not x.is_cuda:
+        yield
+        return
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "RNN module weights are not part of single contiguous")
+        yield
 
 
 def bf16_autocast(x: torch.Tensor) -> bool:

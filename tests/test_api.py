@@ -36,7 +36,7 @@ def python_blocks(doc: str) -> list[str]:
 
 @pytest.fixture(scope="module")
 def model(trained_run: Path) -> charlm.Model:
-    return charlm.load(trained_run)
+    return charlm.load(trained_run, device="cpu")
 
 
 def test_generate_is_what_charlm_sample_prints(trained_run: Path, model: charlm.Model) -> None:

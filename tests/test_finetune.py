@@ -44,7 +44,8 @@ def test_first_val_loss_is_the_sources_and_fine_tuning_lowers_it(
     n_train, n_val, _ = split_sizes(len(text), config.data.val_fraction, 0.0)
     (tmp_path / "val.txt").write_text(text[n_train:], encoding="utf-8")
     streams = config.train.eval_streams
-    source_loss = evaluate_run(trained_run, tmp_path / "val.txt", streams=streams).loss
+    source_loss = evaluate_run(trained_run, tmp_path / "val.txt", device="cpu", streams=streams)
+    source_loss = source_loss.loss
     before = Trainer(config, tmp_path / "unused").evaluate(full=True)
     assert before.chars == n_val - 1
     assert before.loss == pytest.approx(source_loss, abs=1e-6)

@@ -129,3 +129,11 @@ def test_int8_beam_of_one_is_int8_greedy() -> None:
     )
     assert wide[0].logprob >= best.logprob - 1e-6  # here the wider beam finds no worse a text
     assert len({s.text for s in wide}) == 4
+
+
+def test_eval_on_auto_device_scores_int8_on_the_cpu() -> None:
+    from charlm.evaluate import eval_device
+
+    assert eval_device("auto", "int8") == "cpu"  # int8 steps exist only on the CPU
+    assert eval_device("auto", None) == "auto" and eval_device("auto", "bf16") == "auto"
+    assert eval_device("cuda", "int8") == "cuda"  # asked for: refused later with its message

@@ -41,7 +41,9 @@ CASES: list[tuple[str, list[str], Any, Any, int, list[str]]] = [
 
 def _run(run: Path, options: list[str], stdin: Any, stdout: Any) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "charlm", "sample", str(run), "-n", "50", "-s", "1", *options]
+    # On the CPU: with a GPU, --device auto would add its timing line to stderr.
+    cmd = [sys.executable, "-m", "charlm", "sample", str(run), "--device", "cpu", "-n", "50"]
+    cmd += ["-s", "1", *options]
     fds: list[int] = []
     kwargs: dict[str, Any] = {}
     if stdout == "full":
