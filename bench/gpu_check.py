@@ -208,8 +208,9 @@ def sampling_speed(corpus: Path) -> dict[str, Any]:
 
     from charlm.config import load_config
     from charlm.model import CharLM
-    from charlm.sample import choose_device, generate_batch
+    from charlm.sample import generate_batch
     from charlm.sample_options import SampleOptions
+    from charlm.sample_setup import choose_device
     from charlm.vocab import Vocab
 
     vocab = Vocab.from_text(corpus.read_text(encoding="utf-8")[:200000])

@@ -38,8 +38,13 @@ def load(
     """
     from charlm.checkpoint import load_model
     from charlm.precision import check_precision
-    from charlm.sample import check_threads, choose_device, resolve_precision, sampling_threads
     from charlm.sample_options import SampleOptions
+    from charlm.sample_setup import (
+        check_threads,
+        choose_device,
+        resolve_precision,
+        sampling_threads,
+    )
 
     check_precision(precision)
     check_threads(threads)
@@ -215,7 +220,7 @@ class Model:
         return evaluate_ids(self.loaded.model, ids, streams=streams)
 
     def _threads(self, options: SampleOptions) -> Any:
-        from charlm.sample import sampling_threads
+        from charlm.sample_setup import sampling_threads
 
         return sampling_threads(self.loaded.model, options, self.threads)
 

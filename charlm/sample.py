@@ -16,21 +16,15 @@ the device.
 
 from __future__ import annotations
 
-import copy
-import functools
 from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-from charlm import stepper as steps
 from charlm.errors import CharlmError
-from charlm.machine import available_memory, cpu_count
 from charlm.model import CharLM
-from charlm.precision import time_steps
 from charlm.sample_options import SampleOptions
 from charlm.stepper import make_stepper
 from charlm.vocab import Vocab
@@ -294,6 +288,10 @@ def beam_search(model: CharLM, vocab: Vocab, prime: str, options: SampleOptions)
     stepper = make_stepper(model, precision=options.precision, batch=beam)
     logits, state = stepper.start(torch.tensor([prime_ids], device=device))
     scores = torch.zeros(1, dtype=torch.float64, device=device)
+    if not stops:  # nothing to check per step: the beam stays on the device, no wait a step
+        return _beam_to_the_end(stepper, logits, state, scores, beam, options.length, vocab, prime)[
+            : options.num_samples
+        ]
     live: list[list[int]] = [[]]
     done: list[tuple[list[int], float, str | None]] = []
     for _ in range(options.length):
@@ -327,6 +325,40 @@ def beam_search(model: CharLM, vocab: Vocab, prime: str, options: SampleOptions)
     ]
 
 
+def _beam_to_the_end(
+    stepper: Any,
+    logits: torch.Tensor,
+    state: Any,
+    scores: torch.Tensor,
+    beam: int,
+    length: int,
+    vocab: Vocab,
+    prime: str,
+) -> list[Sample]:
+    """Beam search without stop strings: every hypothesis runs `length` steps, so each step's
+    picks stay on the device as back-pointers, read once at the end (one host sync, not two a
+    step). The same hypotheses, in the same order, as the stepwise search."""
+    parents, chars = [], []
+    for _ in range(length):
+        logp = torch.log_softmax(logits.double(), -1)
+        vocab_size = logp.shape[-1]
+        scores, index = (scores.unsqueeze(1) + logp).view(-1).topk(min(beam, logp.numel()))
+        parent = torch.div(index, vocab_size, rounding_mode="floor")
+        parents.append(parent)
+        chars.append(index % vocab_size)
+        state = stepper.reorder(state, parent)
+        logits, state = stepper.step(chars[-1], state)
+    back, ids = torch.stack(parents).tolist(), torch.stack(chars).tolist()
+    found = []
+    for row, total in enumerate(scores.tolist()):
+        seq = []
+        for t in range(length - 1, -1, -1):
+            seq.append(ids[t][row])
+            row = back[t][row]
+        found.append(Sample(prime, vocab.decode(seq[::-1]), total, None))
+    return found
+
+
 def decode(
     model: CharLM, vocab: Vocab, prime: str, options: SampleOptions, scored: bool = False
 ) -> list[Sample] | Iterator[tuple[str, ...]]:
@@ -342,109 +374,3 @@ def decode(
     if scored:
         return sample_batch(model, vocab, prime, options)
     return generate_batch(model, vocab, prime, options)
-
-
-def resolve_precision(
-    model: nn.Module, options: SampleOptions
-) -> tuple[SampleOptions, dict[str, float]]:
-    """`precision="auto"` made concrete, with the seconds per step timed for each precision.
-
-    Timed once at the batch the steps run (the beam width or the number of samples), on the
-    current threads, so a caller can name the pick before decoding; any other precision comes
-    back unchanged, with no timings.
-    """
-    if options.precision != "auto":
-        return options, {}
-    chosen, timings = steps.auto_precision(model, options.batch)
-    return replace(options, precision=chosen), timings
-
-
-def choose_device(model: nn.Module, options: SampleOptions) -> tuple[nn.Module, dict[str, float]]:
-    """`--device auto` for sampling: the model (given on the CPU) where its steps run faster.
-
-    Why: a sampling step is a few small products and element-wise calls per layer, so at small
-    batches a GPU spends it launching kernels and the CPU can be as fast or faster; at large
-    batches the GPU wins. Both are timed at the batch and precision that will be sampled (fp32
-    when the precision is auto, int8 only exists on the CPU) and the faster is taken. -> (the
-    model on that device, seconds per step on each device; empty when there is no GPU).
-    """
-    if not torch.cuda.is_available():
-        return model, {}
-    gpu = copy.deepcopy(model).to("cuda")
-    precision = "fp32" if options.precision == "auto" else options.precision
-    devices = {"cpu": model, "cuda": gpu}
-    builders = {
-        name: (
-            torch.device(name),
-            functools.partial(make_stepper, m, True, precision, options.batch),
-        )
-        for name, m in devices.items()
-    }
-    timings = time_steps(builders, options.batch)
-    best = min(timings, key=timings.__getitem__) if timings else "cpu"
-    if best == "cpu":
-        del gpu
-        torch.cuda.empty_cache()
-    return devices[best], timings
-
-
-def check_threads(threads: int | None) -> None:
-    """1 to the CPUs this process may use: far more threads than CPUs crash OpenMP."""
-    if threads is None:
-        return
-    cpus = cpu_count()
-    if not 1 <= threads <= cpus:
-        raise CharlmError(
-            f"--threads {threads}: expected a whole number from 1 to {cpus} (the CPUs here)"
-        )
-
-
-# What a sample costs beyond the model, as measured: its seeded generator and lists (about 5 KB),
-# a chunk of Gumbel noise (three float32 copies of NOISE_CHUNK x vocab) and, per character, the
-# step's tuple slot and the joined text (about 13 bytes).
-ROW_BYTES = 5000
-BYTES_PER_CHAR = 13
-
-
-def sampling_bytes(vocab_size: int, options: SampleOptions) -> int:
-    """About how much memory decoding `options` takes, for `options.batch` rows."""
-    per_row = ROW_BYTES + 12 * NOISE_CHUNK * vocab_size + BYTES_PER_CHAR * options.length
-    return options.batch * per_row
-
-
-def check_sampling_memory(vocab_size: int, options: SampleOptions) -> None:
-    """Refuse --num-samples (or --beam) whose batch cannot fit in the memory available now."""
-    free = available_memory()
-    need = sampling_bytes(vocab_size, options)
-    if free is None or need <= free:
-        return
-    option = f"--beam {options.beam}" if options.beam is not None else "--num-samples"
-    if options.beam is None:
-        option += f" {options.num_samples}"
-    raise CharlmError(
-        f"{option} with --length {options.length}: needs about {need / 1e9:,.1f} GB "
-        f"({need // options.batch:,} bytes per sample), but this machine has {free / 1e9:,.1f} "
-        f"GB available; ask for fewer at a time"
-    )
-
-
-@contextmanager
-def sampling_threads(
-    model: nn.Module, options: SampleOptions, threads: int | None = None
-) -> Iterator[None]:
-    """Run the block on the CPU threads sampling uses; torch's setting is put back afterwards.
-
-    `threads` when given; else one thread for a single sample on the CPU, because one stream's
-    steps are matrix-vector products too small to split across threads and the split costs a
-    synchronisation per call, ruinous on a busy CPU (docs/benchmarks.md); else torch's own.
-    """
-    check_threads(threads)
-    before = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    elif options.num_samples == 1 and next(model.parameters()).device.type == "cpu":
-        torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)

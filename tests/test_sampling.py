@@ -30,11 +30,10 @@ from charlm.sample import (
     filter_logits,
     generate,
     generate_batch,
-    resolve_precision,
     sample_batch,
-    sampling_threads,
 )
 from charlm.sample_options import SampleOptions, parse_stops
+from charlm.sample_setup import resolve_precision, sampling_threads
 from charlm.stepper import (
     TANH_BY_SIGMOID,
     GRUStepper,
@@ -632,7 +631,7 @@ def test_time_steps_times_each_stepper_and_leaves_out_what_cannot_run() -> None:
 def test_sampling_on_a_machine_without_a_gpu_stays_on_the_cpu(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from charlm.sample import choose_device
+    from charlm.sample_setup import choose_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     model = random_model("gru")
@@ -643,7 +642,7 @@ def test_sampling_on_a_machine_without_a_gpu_stays_on_the_cpu(
 def test_cli_device_auto_names_the_timed_pick(
     trained_run: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import charlm.sample as sample_module
+    import charlm.sample_setup as setup_module
 
     batches: list[int] = []
 
@@ -652,7 +651,7 @@ def test_cli_device_auto_names_the_timed_pick(
         assert next(model.parameters()).device.type == "cpu"  # loaded on the CPU to be timed
         return model, {"cpu": 1.2e-4, "cuda": 3.4e-4}
 
-    monkeypatch.setattr(sample_module, "choose_device", timed)
+    monkeypatch.setattr(setup_module, "choose_device", timed)
     auto = runner.invoke(app, ["sample", str(trained_run), "-n", "30", "-s", "4"])
     assert auto.exit_code == 0, auto.output
     assert "device: cpu (auto: a step of 1 took 120 us on cpu, 340 us on cuda)" in auto.stderr
@@ -661,3 +660,21 @@ def test_cli_device_auto_names_the_timed_pick(
     )
     assert pinned.stdout == auto.stdout and "device:" not in pinned.stderr
     assert batches == [1]
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_beam_without_stops_stays_on_the_device_and_finds_the_same_beams(cell: str) -> None:
+    """Without stop strings the beam keeps back-pointers and reads them once at the end; a stop
+    string that never occurs sends the same search through the stepwise path: same result."""
+    model = random_model(cell)
+    for beam, n in ((1, 1), (4, 4), (7, 3)):
+        fast = beam_search(model, VOCAB, "ab", SampleOptions(length=25, beam=beam, num_samples=n))
+        stepwise = beam_search(
+            model,
+            VOCAB,
+            "ab",
+            SampleOptions(length=25, beam=beam, num_samples=n, stops=("never here",)),
+        )
+        assert [s.text for s in fast] == [s.text for s in stepwise]
+        assert [s.logprob for s in fast] == pytest.approx([s.logprob for s in stepwise], rel=1e-12)
+        assert len(fast) == n and all(len(s.text) == 25 for s in fast)

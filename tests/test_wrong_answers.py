@@ -15,8 +15,8 @@ from charlm.coerce import parse_yaml
 from charlm.config import Config, ModelConfig, TrainConfig
 from charlm.corpus import CorpusWarning, resolve_files
 from charlm.errors import CharlmError
-from charlm.sample import check_threads
 from charlm.sample_options import MIN_TEMPERATURE, SampleOptions
+from charlm.sample_setup import check_threads
 
 
 @pytest.mark.parametrize("cell", ["lstm", "gru"])

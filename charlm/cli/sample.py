@@ -102,8 +102,8 @@ def sample(
 ) -> None:
     """Print the prime followed by exactly --length new characters to stdout, as they come."""
     from charlm.checkpoint import load_model
-    from charlm.sample import check_sampling_memory, check_threads, sampling_threads
     from charlm.sample_options import SampleOptions, parse_stops
+    from charlm.sample_setup import check_sampling_memory, check_threads, sampling_threads
     from charlm.vocab import check_unknown_policy
 
     options = SampleOptions(
@@ -191,7 +191,7 @@ def read_prime_file(path: Path, prime: str, interactive: bool) -> str:
 
 def chosen_device(loaded: Loaded, options: SampleOptions) -> Loaded:
     """`--device auto`: the CPU or the GPU, whichever steps faster; said on stderr if timed."""
-    from charlm.sample import choose_device
+    from charlm.sample_setup import choose_device
 
     model, timings = choose_device(loaded.model, options)
     if timings:
@@ -204,7 +204,7 @@ def chosen_device(loaded: Loaded, options: SampleOptions) -> Loaded:
 
 def resolved_precision(model: nn.Module, options: SampleOptions) -> SampleOptions:
     """`--precision auto` made concrete, its pick and timings said on stderr."""
-    from charlm.sample import resolve_precision
+    from charlm.sample_setup import resolve_precision
 
     resolved, timings = resolve_precision(model, options)
     if timings:

@@ -67,7 +67,7 @@ def serve(
 
     from charlm.checkpoint import load_model
     from charlm.precision import check_precision
-    from charlm.sample import check_threads
+    from charlm.sample_setup import check_threads
     from charlm.serving.engine import Engine
     from charlm.serving.protocol import Limits
     from charlm.vocab import check_unknown_policy
