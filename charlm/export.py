@@ -42,7 +42,7 @@ DESCRIBED = (
     "device", "precision", "torch_version",
 )  # fmt: skip
 """Fields of the source's record an export keeps: what `charlm info` and `eval` read."""
-INSTALL_HINT = "pip install 'charlm[export]' (or: pip install onnx onnxruntime)"
+INSTALL_HINT = "pip install onnx onnxruntime (or pip install -e '.[export]' in the charlm checkout)"
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """Optional TensorBoard logging, for users who already keep their experiments there.
 
-TensorBoard is an extra (`pip install 'charlm[tensorboard]'`), so the import is checked before a
-run starts and a missing package is a `CharlmError`, not a traceback an hour into training. The
+TensorBoard is an extra (`pip install -e '.[tensorboard]'` in this checkout), so the import is
+checked before a run starts and a missing package is a `CharlmError`, not a traceback an hour into training. The
 logger consumes the trainer's `log` events, so the training loop itself knows nothing about it.
 """
 
@@ -16,7 +16,8 @@ from charlm.errors import CharlmError
 TENSORBOARD_DIR = "tensorboard"
 MISSING = (
     "train.tensorboard: true needs the tensorboard package, which is not installed; "
-    "install it with pip install 'charlm[tensorboard]' or set train.tensorboard=false"
+    "install it with pip install tensorboard (or pip install -e '.[tensorboard]' in the charlm "
+    "checkout) or set train.tensorboard=false"
 )
 
 

@@ -154,7 +154,9 @@ def test_tensorboard_missing_is_a_clear_error_before_anything_starts(
     monkeypatch.setitem(sys.modules, "tensorboard", None)  # importing it now fails
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
     config = tiny_config(corpus_file, **{"train.tensorboard": True})
-    with pytest.raises(CharlmError, match=r"pip install 'charlm\[tensorboard\]'"):
+    with pytest.raises(
+        CharlmError, match=r"pip install -e '\.\[tensorboard\]' in the charlm checkout"
+    ):
         train(config, tmp_path / "run")
     assert not (tmp_path / "run").exists()
 
