@@ -1,8 +1,9 @@
 """Optional TensorBoard logging, for users who already keep their experiments there.
 
 TensorBoard is an extra (`pip install -e '.[tensorboard]'` in this checkout), so the import is
-checked before a run starts and a missing package is a `CharlmError`, not a traceback an hour into training. The
-logger consumes the trainer's `log` events, so the training loop itself knows nothing about it.
+checked before a run starts and a missing package is a `CharlmError`, not a traceback an hour
+into training. The logger consumes the trainer's `log` events, so the training loop itself knows
+nothing about it.
 """
 
 from __future__ import annotations
