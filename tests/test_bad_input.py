@@ -490,7 +490,7 @@ def test_sample_batch_beyond_memory(
     trained_run: Path, monkeypatch: pytest.MonkeyPatch, args: list[str], words: list[str]
 ) -> None:
     """Refused before any noise is drawn; the machine is made small so the case is exact."""
-    monkeypatch.setattr("charlm.sample.available_memory", lambda: 500_000)
+    monkeypatch.setattr("charlm.sample_setup.available_memory", lambda: 500_000)
     before = snapshot(trained_run)
     result = invoke(["sample", trained_run, *args])
     assert_clean_failure(result, words)
