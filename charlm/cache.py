@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
+import platformdirs
 
 from charlm.config import DataConfig
 from charlm.corpus import CHUNK_BYTES, CorpusSource, corpus_source
@@ -63,9 +64,9 @@ class PreparedCorpus:
 
 
 def user_cache_dir() -> Path:
-    """$XDG_CACHE_HOME/charlm, else ~/.cache/charlm."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "charlm"
+    """The user cache folder, the platform's own: $XDG_CACHE_HOME/charlm (else ~/.cache/charlm)
+    on Linux, ~/Library/Caches/charlm on macOS, %LOCALAPPDATA%\\charlm\\Cache on Windows."""
+    return Path(platformdirs.user_cache_dir("charlm", appauthor=False))
 
 
 def cache_dir(data: DataConfig, source: CorpusSource) -> Path:

@@ -72,9 +72,10 @@ class DataConfig:
         default=None,
         metadata=_help(
             "Folder for the cached id file of the encoded corpus. Empty: a `.charlm-cache` folder "
-            "beside the corpus file (inside a folder corpus); the user cache folder "
-            "($XDG_CACHE_HOME/charlm, else ~/.cache/charlm) for the built-in corpus, a glob, or "
-            "a place that cannot be written."
+            "beside the corpus file (inside a folder corpus); the user cache folder (on Linux "
+            "$XDG_CACHE_HOME/charlm, else ~/.cache/charlm; on macOS ~/Library/Caches/charlm; on "
+            "Windows %LOCALAPPDATA%\\charlm\\Cache) for the built-in corpus, a glob, or a place "
+            "that cannot be written."
         ),
     )
 
