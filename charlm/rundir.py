@@ -7,7 +7,7 @@ RUN/summary.json       written when the run ends (`Summary`): status (finished, 
                        diverged, failed), budgets used, final scores (or the error)
 RUN/curves.png         train and val bpc against step, drawn when the run finishes
 RUN/tensorboard/       event files, only with train.tensorboard: true
-RUN/.running           locked while a process trains the run
+RUN/.lock              locked while a process trains the run (see `running_lock`)
 
 This module writes the folder; charlm.runs reads runs back.
 """
@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from filelock import FileLock, Timeout
+
 from charlm.errors import CharlmError
 from charlm.files import atomic_write_text, write_failed
 
@@ -31,7 +33,11 @@ CONFIG_NAME = "config.yaml"
 METRICS_NAME = "metrics.jsonl"
 SUMMARY_NAME = "summary.json"
 CHECKPOINT_DIR = "checkpoints"
-LOCK_NAME = ".running"
+LOCK_NAME = ".lock"
+# A reader's probe (`is_running`) holds the lock for microseconds: a starting run waits that out
+# rather than mistake it for another training; a probe gives a held lock a moment too.
+START_WAIT_S = 1.0
+PROBE_WAIT_S = 0.2
 
 
 def default_run_dir(config_path: str | Path | None, root: str | Path = "runs") -> Path:
@@ -80,6 +86,8 @@ def check_resume_dir(path: Path) -> None:
     for folder in (path, ckpt_dir):
         if not os.access(folder, os.W_OK):
             raise CharlmError(f"{folder}: is not writable; cannot resume training here")
+    if is_running(path):  # refused before the resume rolls back the metrics of a live run
+        raise CharlmError(f"{path}: another process is training this run; wait for it to end")
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
@@ -147,47 +155,42 @@ def rollback_metrics(run: Path, step: int) -> int:
 
 @contextlib.contextmanager
 def running_lock(run_dir: Path) -> Iterator[None]:
-    """Hold an exclusive lock on RUN/.running while training.
+    """Hold an exclusive lock on RUN/.lock while training (flock on Unix, a locked byte range on
+    Windows, through filelock).
 
     The OS drops the lock when the process ends, however it ends, so a reader can tell a run in
-    progress from one that was killed. Without fcntl (Windows) runs are never shown as running.
+    progress from one that was killed. The file itself says nothing: Unix keeps it after the
+    run, Windows removes it, and a killed run leaves it behind, held by no one.
     """
-    try:
-        import fcntl
-    except ImportError:
-        yield
-        return
     path = run_dir / LOCK_NAME
+    lock = FileLock(path)
     try:
-        f = path.open("w")
+        lock.acquire(timeout=START_WAIT_S)
+    except Timeout:
+        raise CharlmError(f"{run_dir}: another process is training this run") from None
     except OSError as e:
         raise write_failed(path, e, "the lock of a running run") from None
-    with f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise CharlmError(f"{run_dir}: another process is training this run") from None
-        try:
-            yield
-        finally:
-            path.unlink(missing_ok=True)
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def is_running(run_dir: Path) -> bool:
-    """Whether some process holds the run's lock right now."""
+    """Whether some process holds the run's lock right now (a lock file no one holds is what a
+    killed run leaves behind: not running). A lock file this process cannot open (another
+    user's read-only run) cannot tell, and counts as not running."""
     path = run_dir / LOCK_NAME
-    try:
-        import fcntl
-
-        f = path.open()
-    except (ImportError, OSError):
+    if not path.is_file():
         return False
-    with f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except OSError:
-            return True
-        fcntl.flock(f, fcntl.LOCK_UN)
+    lock = FileLock(path)
+    try:
+        lock.acquire(timeout=PROBE_WAIT_S)
+    except Timeout:
+        return True
+    except OSError:
+        return False
+    lock.release()
     return False
 
 

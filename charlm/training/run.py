@@ -68,7 +68,7 @@ def auto_resolved(trainer: Trainer) -> str | None:
 def run_recorded(trainer: Trainer) -> TrainResult:
     """Run the trainer (new or resumed) with the extras around it: TensorBoard logging when
     asked, a `failed` summary.json when an error stops it (unless the trainer wrote its own, as
-    for interrupted or diverged runs), curves.png when it finishes, and RUN/.running locked
+    for interrupted or diverged runs), curves.png when it finishes, and RUN/.lock locked
     meanwhile so `charlm runs` can tell a run in progress from an interrupted one.
 
     A stop signal is heeded until the end: one that comes while summary.json is written or the
