@@ -32,9 +32,10 @@ def load(
     """Load a run folder (its best checkpoint, else its newest), a checkpoint or an exported
     weights file.
 
-    `device` is cpu, cuda or auto (whichever of the two runs a sampling step faster, timed as
-    `charlm sample --device auto` does); `precision` is that of `charlm sample --precision`
-    (auto is resolved here, once, for one sample); `threads` as `charlm sample --threads`.
+    `device` is cpu, cuda, mps or auto (the CPU or the GPU here, whichever runs a sampling step
+    faster, timed as `charlm sample --device auto` does); `precision` is that of
+    `charlm sample --precision` (auto is resolved here, once, for one sample); `threads` as
+    `charlm sample --threads`.
     """
     from charlm.checkpoint import load_model
     from charlm.precision import check_precision
@@ -48,8 +49,8 @@ def load(
 
     check_precision(precision)
     check_threads(threads)
-    if device not in ("cpu", "cuda", "auto"):
-        raise CharlmError(f"--device {device!r}: expected cpu, cuda or auto")
+    if device not in ("cpu", "cuda", "mps", "auto"):
+        raise CharlmError(f"--device {device!r}: expected cpu, cuda, mps or auto")
     loaded = load_model(source, "cpu" if device == "auto" else device, impl)
     options = SampleOptions(precision=precision)
     with sampling_threads(loaded.model, options, threads):

@@ -170,17 +170,22 @@ class TrainConfig:
         ),
     )
     seed: int = field(default=1337, metadata=_help("Seed for weights, dropout and sampling."))
-    device: Literal["auto", "cpu", "cuda"] = field(
-        default="auto", metadata=_help("`auto` takes CUDA when present.")
+    device: Literal["auto", "cpu", "cuda", "mps"] = field(
+        default="auto",
+        metadata=_help(
+            "`cuda` (an NVIDIA GPU), `mps` (an Apple GPU) or `cpu`; `auto` takes CUDA, else mps, "
+            "else the CPU."
+        ),
     )
     precision: Literal["auto", "fp32", "tf32", "bf16", "fp16"] = field(
         default="fp32",
         metadata=_help(
-            "Matrix products in `fp32` (strict, also on a GPU), `tf32` (a GPU's TF32 products; "
-            "fp32 on a CPU), or autocast to `bf16` or `fp16` (fp16 on CUDA only, with a "
-            "gradient scaler); `auto`: times a training step at start and takes bf16 where the "
+            "Matrix products in `fp32` (strict, also on a GPU), `tf32` (a CUDA GPU's TF32 "
+            "products; fp32 elsewhere), or autocast to `bf16` or `fp16` (fp16 on CUDA only, with "
+            "a gradient scaler); `auto`: times a training step at start and takes bf16 where the "
             "hardware has it and the step runs at least 1.1x faster in it, else fp32 on a CPU "
-            "and tf32 on a GPU; decided once per run. Weights and optimizer state stay fp32."
+            "and tf32 on a CUDA GPU (on mps: fp32); decided once per run. Weights and optimizer "
+            "state stay fp32."
         ),
     )
     tensorboard: bool = field(

@@ -85,14 +85,17 @@ def summed_loss(
         if precision is None
         else step_chunks(model, x, chunk_len, precision)
     )
-    total = torch.zeros((), dtype=torch.float64, device=x.device)
+    # An Apple GPU (mps) has no float64: there the sum is kept on the CPU, a copy per chunk.
+    home = torch.device("cpu") if x.device.type == "mps" else x.device
+    total = torch.zeros((), dtype=torch.float64, device=home)
     for t, logits in chunks:
-        total += F.cross_entropy(
+        loss = F.cross_entropy(
             logits.reshape(-1, logits.shape[-1]).float(),
             y[:, t : t + chunk_len].reshape(-1),
             ignore_index=-1,
             reduction="sum",
-        ).double()
+        )
+        total += loss.to(home).double()
     return total
 
 

@@ -158,17 +158,41 @@ def detach_state(state: State) -> State:
     return tuple(s.detach() for s in state)
 
 
+DEVICES = ("auto", "cpu", "cuda", "mps")
+"""What train.device and --device take: `mps` is an Apple GPU (Metal)."""
+
+
+def mps_available() -> bool:
+    """Whether torch can use an Apple GPU here (False on other machines and builds)."""
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps is not None and mps.is_available())
+
+
+def available_devices() -> list[str]:
+    """The devices torch can use here: the CPU, then CUDA and mps where present."""
+    gpus = [("cuda", torch.cuda.is_available()), ("mps", mps_available())]
+    return ["cpu", *(name for name, present in gpus if present)]
+
+
+def accelerator() -> str | None:
+    """The GPU `auto` takes: CUDA first, else an Apple GPU (mps); None where there is neither."""
+    return next(iter(available_devices()[1:]), None)
+
+
 def resolve_device(name: str) -> torch.device:
-    """`auto` takes CUDA when present; asking for CUDA without it is a clear error."""
+    """`auto` takes CUDA, else mps, else the CPU; asking for a GPU that is not here is a clear
+    error naming the devices that are."""
     from charlm.errors import CharlmError
 
+    if name not in DEVICES:
+        raise CharlmError(f"device {name!r}: expected auto, cpu, cuda or mps")
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
+        return torch.device(accelerator() or "cpu")
+    here = available_devices()
+    if name not in here:
+        what = "no CUDA GPU" if name == "cuda" else "no Apple GPU (mps)"
         raise CharlmError(
-            "device 'cuda' (train.device or --device) was asked for but no CUDA GPU is "
-            "available; use cpu or auto"
+            f"device {name!r} (train.device or --device) was asked for but {what} is available "
+            f"to this torch; use {', '.join(here)} or auto"
         )
-    if name not in ("cpu", "cuda"):
-        raise CharlmError(f"device {name!r}: expected auto, cpu or cuda")
     return torch.device(name)

@@ -12,6 +12,7 @@ import contextlib
 import functools
 import math
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -53,22 +54,34 @@ fp32's; on a 2-core Xeon with the same flag but no AMX exposed, 0.7-0.9x (docs/b
 
 
 def hardware_bf16(device: torch.device) -> bool:
-    """bf16 arithmetic in the hardware: a CUDA GPU's own, or oneDNN's AVX-512 BF16 / AMX."""
+    """bf16 arithmetic in the hardware: a CUDA GPU's own, or oneDNN's AVX-512 BF16 / AMX.
+
+    An Apple GPU (mps) says no: torch runs bf16 there only on recent macOS, and no timing of
+    charlm's models on one backs a faster step, so `auto` keeps fp32 on mps.
+    """
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported(including_emulation=False)
+    if device.type != "cpu":
+        return False
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def bf16_forward_runs(model_config: ModelConfig, device: torch.device) -> bool:
-    """Whether a two-character model of this layout runs forward under bf16 autocast here."""
+    """Whether a two-character model of this layout runs forward in bf16 under autocast here.
+
+    Its logits must come out in bf16: where torch's autocast lacks bf16 for the device (mps on
+    an older macOS) it warns and runs fp32 instead, which is not bf16 training.
+    """
     with torch.random.fork_rng(devices=[]):  # the probe's weights leave the run's RNG as it was
         probe = CharLM(model_config, 2).to(device)
     try:
-        with torch.autocast(device.type, dtype=torch.bfloat16):
-            probe(torch.zeros(1, 1, dtype=torch.long, device=device))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the fallback's warning: the answer says it
+            with torch.autocast(device.type, dtype=torch.bfloat16):
+                logits, _ = probe(torch.zeros(1, 1, dtype=torch.long, device=device))
     except RuntimeError:
         return False
-    return True
+    return logits.dtype == torch.bfloat16
 
 
 def native_bf16(device: torch.device, model_config: ModelConfig) -> bool:
@@ -117,6 +130,16 @@ def synchronize(device: torch.device) -> None:
     """Wait for the device's queued work, so a host clock reads its time (a no-op on a CPU)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+def empty_cache(device: torch.device) -> None:
+    """Hand the GPU memory torch keeps cached for reuse back to the device (a no-op on a CPU)."""
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    elif device.type == "mps":
+        torch.mps.empty_cache()
 
 
 # -- training -----------------------------------------------------------------------------------
@@ -201,16 +224,23 @@ def check_train_precision(precision: str, model_config: ModelConfig, device: tor
             f"train.precision: {precision!r}: expected one of auto, {', '.join(TRAIN_PRECISIONS)}"
         )
     if precision == "fp16" and device.type != "cuda":
+        instead = "fp32 or bf16" if device.type == "cpu" else "fp32"
         raise CharlmError(
             "train.precision: 'fp16' needs a CUDA GPU (it trains with a gradient scaler "
-            "there); on the CPU use fp32 or bf16"
+            f"there); on {device.type} use {instead}"
         )
-    if precision == "bf16" and device.type == "cpu" and not bf16_forward_runs(model_config, device):
+    if precision != "bf16" or device.type == "cuda" or bf16_forward_runs(model_config, device):
+        return
+    if device.type == "cpu":
         raise CharlmError(
             "train.precision: 'bf16' is not supported by this CPU's fused "
             f"{model_config.cell.upper()} kernel (oneDNN needs AVX-512 BF16 for it);"
             " use fp32, auto, or model.impl=reference"
         )
+    raise CharlmError(
+        f"train.precision: 'bf16' does not run on {device.type} with this torch and OS "
+        "(autocast fell back to fp32 or refused); use fp32 or auto"
+    )
 
 
 def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager[Any]:
@@ -301,7 +331,7 @@ def time_steps(
             except CharlmError:
                 continue
             runs[name] = _eight_steps(stepper, state, ids)
-            waits = device if device.type == "cuda" else waits
+            waits = device if device.type != "cpu" else waits
         per_round = time_candidates(runs, waits, budget_s)
     return {name: seconds / 8 for name, seconds in per_round.items()}
 

@@ -287,7 +287,9 @@ def beam_search(model: CharLM, vocab: Vocab, prime: str, options: SampleOptions)
     device = next(model.parameters()).device
     stepper = make_stepper(model, precision=options.precision, batch=beam)
     logits, state = stepper.start(torch.tensor([prime_ids], device=device))
-    scores = torch.zeros(1, dtype=torch.float64, device=device)
+    # Scores add up in float64, except on an Apple GPU (mps), which has no float64.
+    dtype = torch.float32 if device.type == "mps" else torch.float64
+    scores = torch.zeros(1, dtype=dtype, device=device)
     if not stops:  # nothing to check per step: the beam stays on the device, no wait a step
         return _beam_to_the_end(stepper, logits, state, scores, beam, options.length, vocab, prime)[
             : options.num_samples
@@ -295,7 +297,7 @@ def beam_search(model: CharLM, vocab: Vocab, prime: str, options: SampleOptions)
     live: list[list[int]] = [[]]
     done: list[tuple[list[int], float, str | None]] = []
     for _ in range(options.length):
-        logp = torch.log_softmax(logits.double(), -1)
+        logp = torch.log_softmax(logits.to(scores.dtype), -1)
         vocab_size = logp.shape[-1]
         top, index = (scores.unsqueeze(1) + logp).view(-1).topk(min(beam, logp.numel()))
         keep: list[int] = []
@@ -340,7 +342,7 @@ def _beam_to_the_end(
     step). The same hypotheses, in the same order, as the stepwise search."""
     parents, chars = [], []
     for _ in range(length):
-        logp = torch.log_softmax(logits.double(), -1)
+        logp = torch.log_softmax(logits.to(scores.dtype), -1)
         vocab_size = logp.shape[-1]
         scores, index = (scores.unsqueeze(1) + logp).view(-1).topk(min(beam, logp.numel()))
         parent = torch.div(index, vocab_size, rounding_mode="floor")

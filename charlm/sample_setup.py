@@ -18,7 +18,8 @@ from torch import nn
 from charlm import stepper as steps
 from charlm.errors import CharlmError
 from charlm.machine import available_memory, cpu_count
-from charlm.precision import time_steps
+from charlm.model import accelerator
+from charlm.precision import empty_cache, time_steps
 from charlm.sample import NOISE_CHUNK
 from charlm.sample_options import SampleOptions
 from charlm.stepper import make_stepper
@@ -44,15 +45,17 @@ def choose_device(model: nn.Module, options: SampleOptions) -> tuple[nn.Module, 
 
     Why: a sampling step is a few small products and element-wise calls per layer, so at small
     batches a GPU spends it launching kernels and the CPU can be as fast or faster; at large
-    batches the GPU wins. Both are timed at the batch and precision that will be sampled (fp32
-    when the precision is auto, int8 only exists on the CPU) and the faster is taken. -> (the
-    model on that device, seconds per step on each device; empty when there is no GPU).
+    batches the GPU wins. The GPU is the one `train.device: auto` takes (CUDA, else mps). Both
+    are timed at the batch and precision that will be sampled (fp32 when the precision is auto,
+    int8 only exists on the CPU) and the faster is taken. -> (the model on that device, seconds
+    per step on each device; empty when there is no GPU).
     """
-    if not torch.cuda.is_available():
+    gpu_name = accelerator()
+    if gpu_name is None:
         return model, {}
-    gpu = copy.deepcopy(model).to("cuda")
+    gpu = copy.deepcopy(model).to(gpu_name)
     precision = "fp32" if options.precision == "auto" else options.precision
-    devices = {"cpu": model, "cuda": gpu}
+    devices = {"cpu": model, gpu_name: gpu}
     builders = {
         name: (
             torch.device(name),
@@ -64,7 +67,7 @@ def choose_device(model: nn.Module, options: SampleOptions) -> tuple[nn.Module, 
     best = min(timings, key=timings.__getitem__) if timings else "cpu"
     if best == "cpu":
         del gpu
-        torch.cuda.empty_cache()
+        empty_cache(torch.device(gpu_name))
     return devices[best], timings
 
 

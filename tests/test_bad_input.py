@@ -260,7 +260,7 @@ def test_train_rejects(tmp_path: Path, setup: Setup, words: list[str]) -> None:
 def test_train_cuda_without_cuda(tmp_path: Path) -> None:
     args = good_corpus("train.device=cuda")(tmp_path)
     result = invoke(["train", *args, "--out", tmp_path / "run"])
-    assert_clean_failure(result, ["train.device", "cuda", "no CUDA GPU", "cpu or auto"])
+    assert_clean_failure(result, ["train.device", "cuda", "no CUDA GPU", "use cpu", "or auto"])
     assert not (tmp_path / "run").exists()
 
 

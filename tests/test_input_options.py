@@ -122,7 +122,10 @@ def test_python_tags_never_run(tmp_path: Path) -> None:
     assert not marker.exists()
 
 
-@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+@pytest.mark.skipif(
+    torch.cuda.is_available() or torch.backends.mps.is_available(),
+    reason="needs a machine without a GPU",
+)
 def test_auto_device_falls_back_to_cpu() -> None:
     from charlm.model import resolve_device
 

@@ -8,20 +8,33 @@ import shutil
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import torch
+from conftest import tiny_overrides
 from filelock import FileLock
 from typer.testing import CliRunner
 
+import charlm
 from charlm.cache import cache_path, user_cache_dir
 from charlm.cli import app
-from charlm.config import DataConfig
+from charlm.config import DataConfig, ModelConfig, load_config
 from charlm.corpus import corpus_source
 from charlm.errors import CharlmError
+from charlm.model import CharLM, accelerator, resolve_device
+from charlm.precision import (
+    check_train_precision,
+    empty_cache,
+    hardware_bf16,
+    resolve_train_precision,
+    synchronize,
+)
 from charlm.rundir import LOCK_NAME, SUMMARY_NAME, is_running, running_lock
 from charlm.runs import read_run
+from charlm.sample_options import SampleOptions
 
 
 # -- the user cache folder ----------------------------------------------------------------------
@@ -119,3 +132,117 @@ def test_a_run_another_process_trains_is_running_and_refuses_a_second_training(
         holder.kill()  # killed, however hard: the OS drops its lock
         holder.wait()
         assert read_run(run).status == "interrupted"
+
+
+# -- devices: CUDA, Apple GPUs (mps), the CPU ---------------------------------------------------
+@pytest.fixture
+def gpus(monkeypatch: pytest.MonkeyPatch) -> Callable[[bool, bool], None]:
+    """Make torch report CUDA and mps present or not (no tensor is ever put on them here)."""
+
+    def set_gpus(cuda: bool, mps: bool) -> None:
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+        monkeypatch.setattr(torch.backends.mps, "is_available", lambda: mps)
+
+    return set_gpus
+
+
+@pytest.mark.parametrize(
+    ("cuda", "mps", "auto"), [(True, True, "cuda"), (False, True, "mps"), (False, False, "cpu")]
+)
+def test_auto_prefers_cuda_then_mps_then_the_cpu(
+    gpus: Callable[[bool, bool], None], cuda: bool, mps: bool, auto: str
+) -> None:
+    gpus(cuda, mps)
+    assert resolve_device("auto") == torch.device(auto)
+    assert accelerator() == (None if auto == "cpu" else auto)
+    assert resolve_device("cpu") == torch.device("cpu")
+
+
+def test_a_gpu_that_is_not_here_is_one_line_naming_what_is(
+    gpus: Callable[[bool, bool], None],
+) -> None:
+    gpus(False, True)
+    assert resolve_device("mps") == torch.device("mps")
+    with pytest.raises(CharlmError, match=r"'cuda' .*no CUDA GPU .*; use cpu, mps or auto$"):
+        resolve_device("cuda")
+    gpus(True, False)
+    message = r"'mps' \(train.device or --device\) .*no Apple GPU .*; use cpu, cuda or auto$"
+    with pytest.raises(CharlmError, match=message):
+        resolve_device("mps")
+    with pytest.raises(CharlmError, match=r"'metal': expected auto, cpu, cuda or mps"):
+        resolve_device("metal")
+
+
+def test_train_device_mps_is_a_config_value_and_refused_cleanly_without_one(
+    gpus: Callable[[bool, bool], None], tmp_path: Path, corpus_file: Path
+) -> None:
+    assert load_config(None, ["train.device=mps"]).train.device == "mps"
+    with pytest.raises(CharlmError, match=r"train\.device: 'metal' .*auto, cpu, cuda, mps"):
+        load_config(None, ["train.device=metal"])
+    gpus(False, False)
+    args = ["train", *tiny_overrides(corpus_file, **{"train.device": "mps"})]
+    result = CliRunner().invoke(app, [*args, "--out", str(tmp_path / "run")])
+    assert result.exit_code == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "train.device" in lines[0] and "use cpu or auto" in lines[0], lines
+    assert not (tmp_path / "run").exists()
+
+
+def test_loading_for_mps_where_there_is_none_is_one_clear_error(
+    gpus: Callable[[bool, bool], None], trained_run: Path
+) -> None:
+    gpus(False, False)
+    with pytest.raises(CharlmError, match=r"'mps' .*no Apple GPU"):
+        charlm.load(trained_run, device="mps")
+    with pytest.raises(CharlmError, match=r"--device 'gpu': expected cpu, cuda, mps or auto"):
+        charlm.load(trained_run, device="gpu")
+
+
+def test_precisions_on_mps_are_conservative() -> None:
+    """No tensor goes to the device: these answers come before any would."""
+    mps = torch.device("mps")
+    assert not hardware_bf16(mps)  # so `auto` never times bf16 there
+    assert resolve_train_precision("auto", ModelConfig(), 10, 2, 8, mps).name == "fp32"
+    with pytest.raises(CharlmError, match=r"'fp16' needs a CUDA GPU .*; on mps use fp32$"):
+        check_train_precision("fp16", ModelConfig(), mps)
+
+
+def test_synchronize_and_empty_cache_wait_on_the_device_they_are_given(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    calls: list[str] = []
+    monkeypatch.setattr(torch.mps, "synchronize", lambda: calls.append("mps sync"))
+    monkeypatch.setattr(torch.mps, "empty_cache", lambda: calls.append("mps free"))
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device: calls.append(f"{device} sync"))
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: calls.append("cuda free"))
+    for name in ("cpu", "mps", "cuda"):
+        synchronize(torch.device(name))
+        empty_cache(torch.device(name))
+    assert calls == ["mps sync", "mps free", "cuda sync", "cuda free"]
+
+
+def test_sampling_auto_times_the_cpu_against_the_gpu_auto_would_train_on(
+    gpus: Callable[[bool, bool], None], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With only an Apple GPU, `--device auto` times the CPU against mps (not CUDA); the timing
+    itself is stood in for, since no tensor may go to a device this machine lacks."""
+    import charlm.sample_setup as setup
+
+    gpus(False, True)
+    moved: list[str] = []
+    monkeypatch.setattr(setup.copy, "deepcopy", lambda model: model)
+    monkeypatch.setattr(torch.nn.Module, "to", lambda self, device: moved.append(device) or self)
+    timed: list[list[str]] = []
+
+    def time_steps(builders: dict[str, Any], batch: int) -> dict[str, float]:
+        timed.append(sorted(builders))
+        return {"cpu": 1.0, "mps": 2.0}
+
+    monkeypatch.setattr(setup, "time_steps", time_steps)
+    monkeypatch.setattr(setup, "empty_cache", lambda device: moved.append(f"freed {device}"))
+    model = CharLM(ModelConfig(embedding_dim=8, hidden_size=8, num_layers=1), 5)
+    chosen, timings = setup.choose_device(model, SampleOptions(num_samples=2))
+    assert timed == [["cpu", "mps"]] and moved == ["mps", "freed mps"]
+    assert chosen is model and timings == {"cpu": 1.0, "mps": 2.0}
+    gpus(False, False)
+    assert setup.choose_device(model, SampleOptions()) == (model, {})

@@ -634,6 +634,7 @@ def test_sampling_on_a_machine_without_a_gpu_stays_on_the_cpu(
     from charlm.sample_setup import choose_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
     model = random_model("gru")
     chosen, timings = choose_device(model, SampleOptions(num_samples=4))
     assert chosen is model and timings == {}

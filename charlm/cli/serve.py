@@ -76,8 +76,8 @@ def serve(
     check_unknown_policy(unknown)
     check_precision(precision)
     check_threads(threads)
-    if device not in ("cpu", "cuda"):
-        raise CharlmError(f"--device {device!r}: expected cpu or cuda")
+    if device not in ("cpu", "cuda", "mps"):
+        raise CharlmError(f"--device {device!r}: expected cpu, cuda or mps")
     torch.set_num_threads(threads or 1)
     loaded = load_model(run, device)
     if precision == "auto":
