@@ -4,11 +4,16 @@ and `charlm data fetch` (which leaves nothing behind when a download fails)."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import io
+import itertools
+import re
 import shutil
 import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +21,7 @@ import pytest
 import torch
 from conftest import tiny_overrides
 from filelock import FileLock
+from rich.console import Console
 from typer.testing import CliRunner
 
 import charlm
@@ -24,6 +30,7 @@ from charlm.cli import app
 from charlm.config import DataConfig, ModelConfig, load_config
 from charlm.corpus import corpus_source
 from charlm.errors import CharlmError
+from charlm.fetch import KNOWN, KnownCorpus, fetch
 from charlm.model import CharLM, accelerator, resolve_device
 from charlm.precision import (
     check_train_precision,
@@ -246,3 +253,109 @@ def test_sampling_auto_times_the_cpu_against_the_gpu_auto_would_train_on(
     assert chosen is model and timings == {"cpu": 1.0, "mps": 2.0}
     gpus(False, False)
     assert setup.choose_device(model, SampleOptions()) == (model, {})
+
+
+# -- charlm data fetch: nothing left behind, progress reported ----------------------------------
+BODY = bytes(range(256)) * 1200  # 307,200 bytes: several of fetch's 64 KiB blocks
+
+
+class _Server:
+    """A local HTTP server: /good (with its length), /unsized (no Content-Length), /half (says
+    the whole length, sends half, hangs up), /bad (the right length, one byte changed); else 404."""
+
+    def __init__(self) -> None:
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                bad = bytearray(BODY)
+                bad[100] ^= 1
+                body = {"/good": BODY, "/unsized": BODY, "/half": BODY, "/bad": bytes(bad)}
+                if self.path not in body:
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                if self.path != "/unsized":  # HTTP/1.0: the body ends when the connection does
+                    self.send_header("Content-Length", str(len(BODY)))
+                self.end_headers()
+                sent = (
+                    body[self.path][: len(BODY) // 2] if self.path == "/half" else body[self.path]
+                )
+                self.wfile.write(sent)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+
+@pytest.fixture
+def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[_Server]:
+    """The server, and a corpus `tiny` that `fetch` knows, at its /good address."""
+    s = _Server()
+    digest = hashlib.sha256(BODY).hexdigest()
+    tiny = KnownCorpus("tiny", f"{s.url}/good", "tiny.txt", len(BODY), digest)
+    monkeypatch.setitem(KNOWN, "tiny", tiny)
+    yield s
+    s.httpd.shutdown()
+    s.httpd.server_close()
+
+
+@pytest.mark.parametrize(("path", "total"), [("/good", len(BODY)), ("/unsized", None)])
+def test_fetch_reports_progress_up_to_the_whole_file(
+    server: _Server, tmp_path: Path, path: str, total: int | None
+) -> None:
+    seen: list[tuple[int, int | None]] = []
+    dest = tmp_path / "new" / "data"
+    saved, downloaded = fetch("tiny", dest, server.url + path, progress=lambda *a: seen.append(a))
+    assert downloaded and saved == dest / "tiny.txt" and saved.read_bytes() == BODY
+    done = [d for d, _ in seen]
+    assert done[0] == 0 and done[-1] == len(BODY) and len(done) > 3
+    assert all(a < b for a, b in itertools.pairwise(done))  # increasing, block by block
+    assert {t for _, t in seen} == {total}  # the server's Content-Length, when it sends one
+    assert sorted(p.name for p in dest.iterdir()) == ["tiny.txt"]  # no temporary file left
+
+
+@pytest.mark.parametrize(
+    ("path", "words"),
+    [
+        ("/half", "the connection closed after 153,600 of 307,200 bytes; nothing was saved"),
+        ("/bad", "does not match tiny (got 307,200 bytes, SHA-256"),
+        ("/missing", "download failed (HTTP 404"),
+    ],
+)
+def test_a_failed_fetch_creates_no_folder_and_keeps_those_there_before(
+    server: _Server, tmp_path: Path, path: str, words: str
+) -> None:
+    new = tmp_path / "new" / "deeper"
+    with pytest.raises(CharlmError, match=re.escape(words)) as failed:
+        fetch("tiny", new, server.url + path)
+    assert "\n" not in str(failed.value)
+    assert not (tmp_path / "new").exists()
+    there = tmp_path / "there"
+    there.mkdir()
+    with pytest.raises(CharlmError):
+        fetch("tiny", there, server.url + path)
+    assert there.is_dir() and list(there.iterdir()) == []  # kept as it was: empty
+
+
+def test_cli_fetch_draws_a_bar_on_a_terminal_and_one_line_after(
+    server: _Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import charlm.cli.data as data_cli
+
+    screen = io.StringIO()
+    terminal = Console(file=screen, force_terminal=True, force_interactive=True, highlight=False)
+    monkeypatch.setattr(data_cli, "err", terminal)
+    dest = tmp_path / "d"
+    result = CliRunner().invoke(app, ["data", "fetch", "tiny", "--dest", str(dest)])
+    assert result.exit_code == 0, result.output
+    assert "tiny" in screen.getvalue() and "307.2/307.2 kB" in screen.getvalue()
+    assert screen.getvalue().rstrip().endswith(f"{dest / 'tiny.txt'}: downloaded and verified")
+    assert (dest / "tiny.txt").read_bytes() == BODY
+    failed = CliRunner().invoke(
+        app, ["data", "fetch", "tiny", "--url", f"{server.url}/half", "--dest", str(tmp_path / "e")]
+    )
+    assert failed.exit_code == 1 and not (tmp_path / "e").exists()
+    lines = failed.stderr.strip().splitlines()
+    assert len(lines) == 1 and "connection closed after" in lines[0], lines

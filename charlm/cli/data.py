@@ -54,8 +54,31 @@ def data_fetch(
     timeout: float = typer.Option(30.0, "--timeout", help="Network timeout in seconds."),
 ) -> None:
     """Download a classic corpus, verified by length and SHA-256 (a mismatch saves nothing)."""
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
     from charlm.fetch import fetch
 
-    path, downloaded = fetch(name, dest, url, timeout)
+    # A bar on a terminal only, from the first bytes (bytes, of the total when the server says
+    # it, and the rate); it goes when the download ends, leaving the one line below.
+    columns = (DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
+    bar = Progress(TextColumn("{task.description}"), BarColumn(), *columns, console=err,
+                   transient=True, disable=not err.is_interactive)  # fmt: skip
+    task = bar.add_task(name, total=None)
+
+    def show(done: int, total: int | None) -> None:
+        bar.start()  # once: a file already present draws nothing
+        bar.update(task, completed=done, total=total)
+
+    try:
+        path, downloaded = fetch(name, dest, url, timeout, progress=show)
+    finally:
+        bar.stop()
     what = "downloaded and verified" if downloaded else "already present and verified"
     err.print(f"{path}: {what}", markup=False, soft_wrap=True)
