@@ -105,25 +105,26 @@ def test_the_loop_reports_progress_every_second_between_lines(
 
 def test_the_bar_moves_between_metrics_lines() -> None:
     clock = FakeClock()
-    view = ProgressView(plain=False, console=terminal(120), clock=clock)  # not entered: no Live
+    console = terminal(120)
+    view = ProgressView(plain=False, console=console, clock=clock)  # not entered: no Live
     view.handle(started())
-    assert "starting" in bar_line(view.shown, clock.now, 120).plain
+    assert "starting" in bar_line(view.shown, clock.now, console, 120).plain
     clock.now = 1.0
     view.handle(ev.Progress(step=7, elapsed_s=1.0, chars_per_s=1_792.0))
-    line = bar_line(view.shown, clock.now, 120).plain
+    line = bar_line(view.shown, clock.now, console, 120).plain
     assert "step 7 |" in line and "1,792 chars/s" in line and "0:00:01" in line
     assert "left 0:00:13" in line  # 93 steps to go at 7 a second
     clock.now = 6.0  # no event for five seconds: the clock still moves
-    assert "0:00:06" in bar_line(view.shown, clock.now, 120).plain
+    assert "0:00:06" in bar_line(view.shown, clock.now, console, 120).plain
     view.handle(ev.Progress(step=42, elapsed_s=6.0, chars_per_s=2_000.0))
-    assert "step 42 |" in bar_line(view.shown, clock.now, 120).plain
+    assert "step 42 |" in bar_line(view.shown, clock.now, console, 120).plain
 
 
 # -- 2. the bar fits the terminal, numbers whole --------------------------------------------------
 @pytest.mark.parametrize("width", [60, 80, 120, 160])
 def test_the_bar_fits_the_width_without_cutting_a_number(width: int) -> None:
     console = terminal(width)
-    console.print(bar_line(BUSY, 0.0, width))
+    console.print(bar_line(BUSY, 0.0, console, width))
     (line,) = physical_lines(console)
     assert len(line) <= width and "…" not in line
     _, _, texts = layout(fields(BUSY, 0.0), width)
@@ -143,10 +144,12 @@ def test_the_live_view_fits_the_width_from_start_to_end(width: int) -> None:
         view.handle(ev.Progress(step=12_345, elapsed_s=83.0, chars_per_s=1_234_567.0))
         view.handle(ev.Logged(12_345, 83.0, {"train_loss": 1.2, "val_bpc": 1.7}))
         view.handle(ev.FinalEvalStarted(step=12_345, chars=1_115_394))
+        view.handle(ev.FinalEvalFinished(step=12_345, seconds=2.0, loss=1.1, bpc=1.6))
     shown = physical_lines(console)
     assert shown[0] == start_line(started(run_dir="runs/short"))  # a log line: never wrapped
     assert all(len(line) <= width and "…" not in line for line in shown[1:])
-    assert "step 12,345 | final eval" in shown[-1]
+    assert any("step 12,345 | final eval" in line for line in shown)
+    assert "step 12,345 | final val bpc 1.6000 |" in shown[-1]
 
 
 def test_clock_time_is_whole_seconds() -> None:

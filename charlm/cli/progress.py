@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rich.console import Console, ConsoleOptions, RenderResult
+from rich.progress_bar import ProgressBar
 from rich.text import Text
 
 from charlm.cli.views import err
@@ -47,6 +48,7 @@ class Shown:
     at: float = 0.0
     steps_per_s: float | None = None  # since the start, for the time left to max_steps
     final_chars: int | None = None  # the final eval has started, on this many chars
+    final_bpc: float | None = None  # and ended with this score
 
 
 @dataclass(frozen=True)
@@ -92,7 +94,9 @@ def fields(shown: Shown, now: float) -> list[Field]:
     """The line's fields, in the order shown."""
     elapsed = shown.elapsed_s + (now - shown.at)
     found = [Field("starting" if shown.step is None else f"step {shown.step:,}", 9)]
-    if shown.final_chars is not None:
+    if shown.final_bpc is not None:
+        found.append(Field(f"final val bpc {shown.final_bpc:.4f}", 8))
+    elif shown.final_chars is not None:
         eval_text = f"final eval on all {shown.final_chars:,} val chars"
         found.append(Field(eval_text, 8, short="final eval"))
     if shown.loss is not None:
@@ -135,17 +139,18 @@ def layout(found: list[Field], width: int) -> tuple[bool, int, list[str]]:
     return False, 0, steps[-1][1]
 
 
-def bar_line(shown: Shown, now: float, width: int) -> Text:
-    """The bar's line for a console `width` columns wide."""
+def bar_line(shown: Shown, now: float, console: Console, width: int) -> Text:
+    """The bar's line for `console`, `width` columns wide."""
     label, bar, texts = layout(fields(shown, now), width)
     line = Text(no_wrap=True, overflow="crop")
     if label:
         line.append(LABEL, style="bold")
     if bar:
         done = fraction(shown, shown.elapsed_s + (now - shown.at))
-        filled = round(bar * done)
-        line.append("━" * filled, style="bar.finished" if done >= 1 else "bar.complete")
-        line.append("━" * (bar - filled), style="bar.back")
+        drawn = console.render(ProgressBar(total=1.0, completed=done, width=bar), console.options)
+        track = Text.assemble(*((s.text, s.style) for s in drawn if not s.control))
+        track.pad_right(bar - track.cell_len)  # without colours Rich draws only the done part
+        line.append_text(track)
         line.append(" ")
     line.append(SEPARATOR.join(texts))
     return line
@@ -164,7 +169,7 @@ class ProgressView:
         self.live: Any = None
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
-        yield bar_line(self.shown, self.clock(), options.max_width)
+        yield bar_line(self.shown, self.clock(), console, options.max_width)
 
     def __enter__(self) -> ProgressView:
         if not self.plain:
@@ -206,8 +211,10 @@ class ProgressView:
             self._update(final_chars=event.chars)
             if self.plain:
                 say(f"final eval on all {event.chars:,} val chars ...", self.console)
-        elif isinstance(event, ev.FinalEvalFinished) and self.plain:
-            say(f"final val bpc {event.bpc:.4f} | {event.seconds:.1f}s", self.console)
+        elif isinstance(event, ev.FinalEvalFinished):
+            self._update(final_bpc=event.bpc)
+            if self.plain:
+                say(f"final val bpc {event.bpc:.4f} | {event.seconds:.1f}s", self.console)
         elif isinstance(event, ev.Resumed):
             say(f"resuming from {event.path} (step {event.step:,})", self.console)
         elif isinstance(event, ev.Warned):
