@@ -28,11 +28,30 @@ class Started:
     max_steps: int | None
     max_time: float | None
     step: int
+    elapsed_s: float = 0.0  # trained already (a resumed run's time before this session)
+
+
+@dataclass(frozen=True)
+class Progress:
+    """How far training is, at most once a second between metrics lines, so a display moves
+    even when lines are far apart. Built from counts the loop keeps anyway: no device sync.
+
+    `chars_per_s` is the speed since the previous report, interval evals left out (None when no
+    step ended since). On a GPU the steps are counted as queued, a few ahead of the device.
+    """
+
+    step: int
+    elapsed_s: float
+    chars_per_s: float | None
 
 
 @dataclass(frozen=True)
 class Logged:
-    """A metrics line (also written to metrics.jsonl): train loss, val scores, or both."""
+    """A metrics line (also written to metrics.jsonl): train loss, val scores, or both.
+
+    The last step's line is reported in two parts: its training numbers before its evals (the
+    final eval can take a while), then its scores; metrics.jsonl holds them as one line.
+    """
 
     step: int
     elapsed_s: float
@@ -125,6 +144,7 @@ class SweepPrecision:
 
 Event = (
     Started
+    | Progress
     | Logged
     | CheckpointSaved
     | FinalEvalStarted

@@ -80,9 +80,11 @@ def describe(target: str | Path) -> dict[str, Any]:
     """Report on a run folder (every checkpoint file in it) or on one checkpoint file.
 
     `summary` describes the newest intact step checkpoint (else the best, else the file
-    itself) and is None when no file is intact.
+    itself) and is None when no file is intact. A run folder's `resume` is the command that
+    resumes it, when a resume has work to do; a finished run gets `train_further` instead, the
+    resume with its spent budgets doubled.
     """
-    from charlm.training import resume_command
+    from charlm.training.resume import resume_offer
 
     path = Path(target)
     if not path.exists():
@@ -107,9 +109,13 @@ def describe(target: str | Path) -> dict[str, Any]:
             records[f] = loaded
     steps = [f for f in files if f in records and f.name != ckpt.BEST_NAME]
     chosen = steps[-1] if steps else next(iter(records), None)
+    resume, further = None, None
+    if run_dir is not None and steps:  # a resume starts from the newest intact step checkpoint
+        resume, further = resume_offer(run_dir, records[steps[-1]])
     return {
         "target": str(path),
         "summary": None if chosen is None else _summary(records[chosen]),
         "checkpoints": entries,
-        "resume": resume_command(run_dir) if run_dir is not None and steps else None,
+        "resume": resume,
+        "train_further": further,
     }

@@ -328,7 +328,8 @@ def test_info_json_reports_the_run(trained_run: Path) -> None:
     assert summary["last_val_bpc"] == record["last_val"]["bpc"]
     assert summary["config"]["train"]["max_steps"] == 60
     assert summary["precision"] == record["precision"] == "fp32"
-    assert report["resume"] == f"charlm train --resume {trained_run}"
+    assert report["resume"] is None  # finished: a resume would be refused
+    assert report["train_further"] == f"charlm train --resume {trained_run} train.max_steps=120"
     files = {Path(e["file"]).name: e for e in report["checkpoints"]}
     assert "best.safetensors" in files and newest.name in files
     assert all(e["intact"] and e["status"] == "ok" for e in files.values())

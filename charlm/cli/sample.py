@@ -265,12 +265,14 @@ def prompt_loop(write: Callable[..., None]) -> None:
                 err.print("> ", end="", markup=False)
             line = stdin.readline()
             if not line:
+                if tty:  # Ctrl-D: the shell's prompt comes next, on a line of its own
+                    err.print(markup=False)
                 break
             try:
                 write(line.rstrip("\r\n"), echo_prime=False)
             except CharlmError as e:
                 sys.stdout.flush()
-                err.print(f"error: {e}", markup=False, highlight=False)
+                err.print(f"error: {e}", markup=False, highlight=False, soft_wrap=True)
                 continue
             sys.stdout.write("\n")
             sys.stdout.flush()
@@ -359,7 +361,7 @@ def show_files(
         run, corpus, device=device, unknown=unknown, impl=impl, precision=precision
     )
     for name in found.skipped:
-        err.print(f"skipped {name}: fewer than 2 characters", markup=False)
+        err.print(f"skipped {name}: fewer than 2 characters", markup=False, soft_wrap=True)
     if as_json:
         typer.echo(json.dumps({"scored": str(corpus), **found.to_dict()}))
         return

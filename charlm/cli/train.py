@@ -8,14 +8,8 @@ from pathlib import Path
 import typer
 
 from charlm.cli.app import fail, friendly, split_train_args
-from charlm.cli.views import (
-    ProgressView,
-    SweepView,
-    comparison_table,
-    err,
-    table_console,
-    train_table,
-)
+from charlm.cli.progress import ProgressView, SweepView, say
+from charlm.cli.views import comparison_table, err, table_console, train_table
 from charlm.errors import CharlmError
 
 INIT_FROM_HELP = (
@@ -181,9 +175,9 @@ def sweep(
     experiment = load_experiment(path, overrides)
     folder = out if out is not None else default_sweep_dir(path)
     names = ", ".join(run.name for run in experiment.runs)
-    err.print(f"sweep {path}: {len(experiment.runs)} runs into {folder}: {names}", markup=False)
+    say(f"sweep {path}: {len(experiment.runs)} runs into {folder}: {names}")
     if experiment.description:
-        err.print(experiment.description, markup=False)
+        say(experiment.description)
     view = SweepView(plain=quiet or not err.is_terminal)
     keep_freed_memory()
     try:
@@ -199,4 +193,4 @@ def sweep(
         view.close()
     table_console().print(comparison_table(compare_runs(result.runs), f"charlm sweep: {path}"))
     if result.plot is not None:
-        err.print(f"plot: {result.plot}", markup=False)
+        say(f"plot: {result.plot}")

@@ -1,5 +1,5 @@
-"""What the commands show: the consoles, training progress (the one place that reads progress
-events) and the result tables.
+"""What the commands show: the consoles and the result tables (training progress is
+charlm.cli.progress).
 
 Tables go to stdout, progress and messages to stderr. Library objects arrive as plain arguments;
 nothing here imports torch.
@@ -38,150 +38,6 @@ def show_warning(
 # The command line shows warnings this way from the moment it is imported (it imports this first).
 _python_showwarning = warnings.showwarning
 warnings.showwarning = show_warning
-
-
-# ----------------------------------------------------------------------- training progress
-class ProgressView:
-    """Shows training events: a Rich progress bar on a terminal, plain lines otherwise."""
-
-    def __init__(self, plain: bool) -> None:
-        self.plain = plain
-        self.progress: Any = None
-        self.task: Any = None
-        self.max_steps: int | None = None
-        self.max_time: float | None = None
-        self.last_bpc = "-"
-
-    def __enter__(self) -> ProgressView:
-        if not self.plain:
-            from rich.progress import (
-                BarColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-
-            self.progress = Progress(
-                TextColumn("[bold]train"),
-                BarColumn(),
-                TextColumn("{task.fields[status]}"),
-                TimeElapsedColumn(),
-                TextColumn("left"),
-                TimeRemainingColumn(),
-                console=err,
-                transient=False,
-            )
-            self.progress.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.progress is not None:
-            self.progress.__exit__(*exc)
-
-    def handle(self, event: Any) -> None:
-        from charlm import events as ev
-
-        if isinstance(event, ev.Started):
-            self.max_steps, self.max_time = event.max_steps, event.max_time
-            err.print(_start_line(event), markup=False)
-            if self.progress is not None:
-                self.task = self.progress.add_task("train", total=1000, status="starting")
-        elif isinstance(event, ev.Logged):
-            self._log(event)
-        elif isinstance(event, ev.FinalEvalStarted):
-            status = f"final eval on all {event.chars:,} val chars"
-            if self.progress is not None:
-                self.progress.update(self.task, completed=1000, status=status)
-            else:
-                err.print(f"{status} ...", markup=False)
-        elif isinstance(event, ev.FinalEvalFinished) and self.progress is None:
-            err.print(f"final val bpc {event.bpc:.4f} | {event.seconds:.1f}s", markup=False)
-        elif isinstance(event, ev.Resumed):
-            err.print(f"resuming from {event.path} (step {event.step:,})", markup=False)
-        elif isinstance(event, ev.Warned):
-            err.print(f"warning: {event.message}", markup=False, soft_wrap=True)
-
-    def _log(self, event: Any) -> None:
-        if event.val_bpc is not None:
-            self.last_bpc = f"{event.val_bpc:.3f}"
-        train_loss, speed = event.train_loss, event.chars_per_s
-        status = (
-            f"step {event.step:,}"
-            + (f" | loss {train_loss:.3f}" if train_loss is not None else "")
-            + f" | val bpc {self.last_bpc}"
-            + (f" | {speed:,.0f} chars/s" if speed is not None else "")
-        )
-        if self.progress is None:
-            err.print(f"{status} | {event.elapsed_s:.1f}s", markup=False)
-            return
-        fractions = [0.0]
-        if self.max_steps:
-            fractions.append(event.step / self.max_steps)
-        if self.max_time:
-            fractions.append(event.elapsed_s / self.max_time)
-        self.progress.update(self.task, completed=1000 * min(1.0, max(fractions)), status=status)
-
-
-def _start_line(event: Any) -> str:
-    """The line a run starts with: folder, device, precision (and auto's timings), sizes."""
-    probe = event.precision_probe
-    times = ", ".join(
-        f"{seconds * 1e3:.0f} ms in {name.removesuffix('_step_s')}"
-        for name, seconds in (probe or {}).items()
-    )
-    timed = f" (auto: a step took {times})" if probe else ""
-    return (
-        f"run {event.run_dir} | {event.device} {event.precision}{timed}"
-        f" | {event.parameters:,} parameters"
-        f" | vocab {event.vocab_size} | train {event.train_chars:,} chars"
-        f" | val {event.val_chars:,} chars"
-    )
-
-
-class SweepView:
-    """Shows a sweep: a line per planned run, then that run's progress as `charlm train` does."""
-
-    def __init__(self, plain: bool) -> None:
-        self.plain = plain
-        self.view: ProgressView | None = None
-
-    def close(self) -> None:
-        if self.view is not None:
-            self.view.__exit__(None, None, None)
-            self.view = None
-
-    def handle(self, event: Any) -> None:
-        from charlm import events as ev
-
-        if isinstance(event, ev.SweepRun):
-            self.close()
-            what = {"skip": "finished already, skipped", "start": "starting"}
-            line = f"[{event.index}/{event.total}] {event.name}: "
-            err.print(line + what.get(event.action, "unfinished"), markup=False)
-        elif isinstance(event, ev.Resumed):
-            err.print(f"  resuming from {event.path} (step {event.step:,})", markup=False)
-        elif isinstance(event, ev.SweepMoved):
-            err.print(
-                f"  kept the unfinished run as {event.moved_to}; starting it again",
-                markup=False,
-            )
-        elif isinstance(event, ev.SweepPrecision):
-            err.print(f"precision: auto resolved to {event.precision} for every run", markup=False)
-        elif isinstance(event, ev.Started):
-            self.view = ProgressView(self.plain).__enter__()
-            self.view.handle(event)
-        elif isinstance(event, ev.Ended):
-            self.close()
-            summary = event.summary
-            err.print(
-                f"  done: best val bpc {summary.best_val_bpc:.4f} in {summary.steps:,} steps",
-                markup=False,
-            )
-        elif self.view is not None:
-            self.view.handle(event)
-        elif isinstance(event, ev.Warned):
-            err.print(f"warning: {event.message}", markup=False)
 
 
 # ---------------------------------------------------------------------------------- tables
@@ -374,7 +230,9 @@ def _summary_table(report: dict[str, Any]) -> Table:
         f"{summary['device']}, {summary['precision']} (torch {summary['torch_version']})",
     )
     if report.get("resume"):
-        table.add_row("resume", report["resume"])
+        table.add_row("resume", escape(report["resume"]))
+    if report.get("train_further"):
+        table.add_row("train further", escape(report["train_further"]))
     return table
 
 

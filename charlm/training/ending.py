@@ -72,23 +72,30 @@ class RunEnd:
         """The start of a metrics line without training numbers."""
         return {"step": self.step, "elapsed_s": round(self.counters.elapsed, 3)}
 
-    def log(self, metrics: MetricsLog, row: Row) -> None:
-        """Append a metrics line (rank 0) and report it."""
+    def log(self, metrics: MetricsLog, row: Row, report: bool = True) -> None:
+        """Append a metrics line (rank 0) and report it (unless it was reported before)."""
         if row and self.dist.is_main:
             metrics.write(row)
-            self.emit(ev.Logged(step=self.step, elapsed_s=float(row["elapsed_s"]), row=row))
+            if report:
+                self.report(row)
+
+    def report(self, row: Row) -> None:
+        self.emit(ev.Logged(step=self.step, elapsed_s=float(row["elapsed_s"]), row=row))
 
     def conclude(self, metrics: MetricsLog, row: Row, scheduled: bool) -> None:
         """The last step's evals, its metrics line (`row`: its training numbers) and checkpoint;
         nothing when the checkpoint resumed from holds them already.
 
-        A stop signal during the evals ends them at once (under torchrun, where every process
-        must take part, after them): the line and checkpoint are then written without them, and
-        a resume runs them.
+        The training numbers are reported before the evals, the scores after them (one line in
+        metrics.jsonl). A stop signal during the evals ends them at once (under torchrun, where
+        every process must take part, after them): the line and checkpoint are then written
+        without them, and a resume runs them.
         """
         c = self.counters
         if c.final:
             return
+        if row:
+            self.report(row)
         before = dataclasses.replace(c)
         try:
             with self.stop.abortable() if not self.dist.enabled else contextlib.nullcontext():
@@ -97,11 +104,12 @@ class RunEnd:
             for f in dataclasses.fields(c):
                 setattr(c, f.name, getattr(before, f.name))
             if row:  # else a resume of the same checkpoint was stopped: it is the resume point
-                self.log(metrics, row)
+                self.log(metrics, row, report=False)
                 self.save_step()
             self.interrupted(stop.signum)
         c.final = True
-        self.log(metrics, {**(row or self.row_head()), **scores})
+        self.log(metrics, {**(row or self.row_head()), **scores}, report=False)
+        self.report({**self.row_head(), **scores})
         self.save_step()
 
     def interrupted(self, signum: int) -> None:

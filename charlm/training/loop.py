@@ -44,6 +44,7 @@ from charlm.training.step import (
     averaged_copy,
     batch_to,
 )
+from charlm.training.ticks import ProgressTicks
 
 WHOLE_SPLIT_SHARE = 0.9
 """When train.eval_chars covers at least this share of the val split, every eval scores the whole
@@ -287,6 +288,7 @@ class Trainer(RunEnd):
             parameters=self.model.num_parameters(), vocab_size=len(self.data.vocab),
             train_chars=len(splits.train), val_chars=len(splits.val),
             max_steps=t.max_steps, max_time=t.max_time, step=self.step,
+            elapsed_s=self.counters.elapsed,
         )  # fmt: skip
 
     def train_step(self) -> float:
@@ -320,6 +322,10 @@ class Trainer(RunEnd):
         window_time = 0.0
         start = time.perf_counter() - c.elapsed
         self.clock_start = start
+        chars_per_step = t.batch_size * t.seq_len
+        ticks = ProgressTicks(
+            chars_per_step, start + c.elapsed, c.step, c.eval_s, self.dist.is_main
+        )
         evals = Cadence(t.eval_interval, t.eval_every_s, c.elapsed)
         saves = Cadence(t.checkpoint_interval, t.checkpoint_every_s, c.elapsed)
         row: dict[str, float | int] = {}
@@ -330,10 +336,11 @@ class Trainer(RunEnd):
             logging = c.step % t.log_interval == 0
             if logging:  # chars/s is the device's speed, not how fast steps were queued
                 prec.synchronize(self.device)
-            window_time += time.perf_counter() - step_start
+            now = time.perf_counter()
+            window_time += now - step_start
             if logging and self.dist.enabled:
                 self._agree()
-            c.elapsed = self.agreed_elapsed if self.dist.enabled else time.perf_counter() - start
+            c.elapsed = self.agreed_elapsed if self.dist.enabled else now - start
             row = {}
             if logging or self.spent():
                 row = self._train_row(lr, window_time)
@@ -346,6 +353,8 @@ class Trainer(RunEnd):
                 row.update(self.eval_row(False, scheduled))
                 evals.fired(c.elapsed)
             self.log(metrics, row)
+            if now >= ticks.next_at and not row:  # between lines: rank 0's own clock
+                self.emit(ticks.event(now, now - start, c.step, c.eval_s))
             signum = self.signal()
             if saves.due(c.step, c.elapsed) or signum is not None:
                 self.save_step()

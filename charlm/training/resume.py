@@ -6,6 +6,7 @@ precision is the run's precision: a resumed `auto` run is never timed again.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from charlm.rundir import (
 )
 from charlm.runs import read_summary
 from charlm.training.loop import Trainer
-from charlm.training.outcome import TrainResult
+from charlm.training.outcome import TrainResult, resume_command
 from charlm.training.run import auto_resolved, run_recorded
 
 # Keys a resumed run may change: budgets (which extend or end the run) and the device (to resume a
@@ -140,21 +141,50 @@ def _restore(
             f"{checkpoint.path}: already at step {step}, beyond train.max_steps={t.max_steps}; "
             f"pass train.max_steps={step} to finish the run there, or more to train further"
         )
-    elapsed = float(checkpoint.record.get("elapsed_s", 0.0))
-    spent = (t.max_steps is not None and step >= t.max_steps) or (
-        t.max_time is not None and elapsed >= t.max_time
-    )
-    summary = read_summary(run_dir)
-    if spent and summary is not None and summary.status == "finished":
-        key = "train.max_steps=N" if t.max_steps is not None else "train.max_time=SECONDS"
+    raised = finished_budgets(run_dir, checkpoint, config)
+    if raised:
         raise CharlmError(
-            f"{run_dir}: already finished at step {step}; pass a larger {key} to train further"
+            f"{run_dir}: already finished at step {step}; pass a larger {' and '.join(raised)} "
+            f"to train further, e.g. {further_command(run_dir, raised)}"
         )
     precision = recorded_precision(checkpoint)
     trainer = Trainer(config, run_dir, on_event, info, precision)
     trainer.load_state(checkpoint)
     adopt_newer_best(trainer, run_dir / CHECKPOINT_DIR / ckpt.BEST_NAME)
     return trainer
+
+
+def finished_budgets(run_dir: Path, checkpoint: ckpt.Checkpoint, config: Config) -> dict[str, int]:
+    """The budgets of `config` (the resume's) that a finished run's checkpoint has used up, each
+    with twice what the run used of it: values that let the resume train further. Empty when it
+    has work left (training, or the end of a run cut off before its summary said `finished`)."""
+    summary = read_summary(run_dir)
+    if summary is None or summary.status != "finished":
+        return {}
+    t = config.train
+    used = {
+        "train.max_steps": (t.max_steps, checkpoint.step),
+        "train.max_time": (t.max_time, float(checkpoint.record.get("elapsed_s", 0.0))),
+    }
+    return {
+        key: math.ceil(2 * max(budget, spent))
+        for key, (budget, spent) in used.items()
+        if budget is not None and spent >= budget
+    }
+
+
+def further_command(run_dir: Path, raised: dict[str, int]) -> str:
+    """The command that resumes a finished run with its spent budgets raised."""
+    return " ".join([resume_command(run_dir), *(f"{key}={value}" for key, value in raised.items())])
+
+
+def resume_offer(run_dir: Path, checkpoint: ckpt.Checkpoint) -> tuple[str | None, str | None]:
+    """(the command that resumes the run, or else the one that trains it further): what
+    `charlm info` offers for a run whose newest intact step checkpoint is `checkpoint`."""
+    raised = finished_budgets(run_dir, checkpoint, resume_config(checkpoint))
+    if not raised:
+        return resume_command(run_dir), None
+    return None, further_command(run_dir, raised)
 
 
 def adopt_newer_best(trainer: Trainer, best_path: Path) -> None:
