@@ -11,17 +11,14 @@ server down, a full disk) is warned about once and stopped, and training goes on
 from __future__ import annotations
 
 import importlib
-import typing
 from types import ModuleType
 
 from charlm import events as ev
-from charlm.config import Config, LoggerName
+from charlm.config import Config
 from charlm.errors import CharlmError
 from charlm.loggers.base import Logger, RunContext, install_hint
 
-NAMES: tuple[str, ...] = typing.get_args(LoggerName)
-
-__all__ = ["NAMES", "Loggers", "RunContext", "check_installed", "selected"]
+__all__ = ["Loggers", "RunContext", "check_installed", "selected"]
 
 
 def selected(config: Config) -> tuple[str, ...]:
