@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q $(TORCH)
-	$(BIN)/python -m pip install -q -e '.[dev,export,serve]'
+	$(BIN)/python -m pip install -q -e '.[dev,export,serve,tensorboard,mlflow,wandb]'
 	touch $(STAMP)
 
 install: $(STAMP)

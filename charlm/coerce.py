@@ -26,6 +26,8 @@ def type_name(tp: Any) -> str:
     if origin in (typing.Union, types.UnionType):
         inner = [a for a in typing.get_args(tp) if a is not type(None)]
         return f"{type_name(inner[0])} or empty"
+    if origin is tuple:
+        return f"list of {type_name(typing.get_args(tp)[0])}"
     names = {int: "whole number", float: "number", str: "string", bool: "true/false"}
     return names.get(tp, getattr(tp, "__name__", str(tp)))
 
@@ -51,6 +53,8 @@ def coerce(key: str, value: Any, tp: Any) -> Any:
                 f"{key}: {value!r} is not accepted; expected one of {', '.join(choices)}"
             )
         return text
+    if origin is tuple:  # `tuple[X, ...]`: a YAML list, or `[a, b]` / `a,b` on the command line
+        return tuple(coerce(key, item, typing.get_args(tp)[0]) for item in _items(key, value, tp))
     bad = CharlmError(f"{key}: {value!r} is not a valid {type_name(tp)}")
     if tp is bool:
         if isinstance(value, bool):
@@ -85,6 +89,22 @@ def coerce(key: str, value: Any, tp: Any) -> Any:
             raise bad
         return value
     raise TypeError(f"unsupported config type {tp!r} for {key}")  # a bug, not a user error
+
+
+def _items(key: str, value: Any, tp: Any) -> list[Any]:
+    """The items of a list value; empty (`[]`, an empty value or `null`) is no items."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        text = value.strip()
+        if text.startswith("[") and text.endswith("]"):
+            text = text[1:-1]
+        if text.strip().lower() in NULLS:
+            return []
+        return [item.strip() for item in text.split(",")]
+    if not isinstance(value, (list, tuple)):
+        raise CharlmError(f"{key}: {value!r} is not a valid {type_name(tp)}, e.g. [a, b]")
+    return list(value)
 
 
 class _DuplicateKey(yaml.constructor.ConstructorError):

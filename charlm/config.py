@@ -23,6 +23,8 @@ from charlm.errors import CharlmError
 BUILTIN_CORPUS = "builtin:stdlib"
 # torch seeds are 64-bit; signed leaves room for the seed + rank + step offsets of dropout.
 MAX_SEED = 2**63 - 1
+# Experiment trackers a run can feed (charlm.loggers runs them).
+LoggerName = Literal["tensorboard", "mlflow", "wandb"]
 
 
 def _help(text: str) -> Any:
@@ -191,7 +193,14 @@ class TrainConfig:
     tensorboard: bool = field(
         default=False,
         metadata=_help(
-            "Also log metrics to RUN/tensorboard/ (needs `pip install -e '.[tensorboard]'`)."
+            "Also log metrics to RUN/tensorboard/; the same as tensorboard in train.loggers."
+        ),
+    )
+    loggers: tuple[LoggerName, ...] = field(
+        default=(),
+        metadata=_help(
+            "Experiment trackers to feed the run's config and metrics, e.g. [mlflow, wandb]: "
+            "any of tensorboard, mlflow, wandb, each an extra (`pip install -e '.[mlflow]'`)."
         ),
     )
     init_from: str | None = field(
@@ -323,6 +332,9 @@ def validate(config: Config) -> Config:
         raise CharlmError(
             f"train.init_from: {t.init_from!r}; expected a run folder or checkpoint file"
         )
+    repeated = [name for name in dict.fromkeys(t.loggers) if t.loggers.count(name) > 1]
+    if repeated:
+        raise CharlmError(f"train.loggers: {repeated[0]} is listed twice; give each logger once")
     if t.max_steps is None and t.max_time is None:
         raise CharlmError("train.max_steps and train.max_time are both empty; set at least one")
     return config

@@ -6,7 +6,9 @@ RUN/checkpoints/       step-XXXXXXXX.safetensors (the newest few) and best.safet
 RUN/summary.json       written when the run ends (`Summary`): status (finished, interrupted,
                        diverged, failed), budgets used, final scores (or the error)
 RUN/curves.png         train and val bpc against step, drawn when the run finishes
-RUN/tensorboard/       event files, only with train.tensorboard: true
+RUN/tensorboard/       event files, only with tensorboard in train.loggers
+RUN/wandb/             W&B's offline run files, only with wandb in train.loggers
+RUN/loggers.json       the trackers' run ids, so a resume continues the same tracker runs
 RUN/.lock              locked while a process trains the run (see `running_lock`)
 
 This module writes the folder; charlm.runs reads runs back.

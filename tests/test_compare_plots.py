@@ -1,4 +1,4 @@
-"""Reading runs back: `charlm runs`, `compare`, the PNGs, failed runs and TensorBoard logging."""
+"""Reading runs back: `charlm runs`, `compare`, the PNGs and failed runs."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import pytest
@@ -18,7 +18,6 @@ from typer.testing import CliRunner
 
 from charlm import events as ev
 from charlm.cli import app
-from charlm.errors import CharlmError
 from charlm.runs import collect_runs, compare_runs, find_runs, read_summary
 from charlm.training import train
 
@@ -146,64 +145,6 @@ def test_a_plotting_failure_is_a_warning_not_a_lost_run(
     assert summary is not None and summary.status == "finished"
     warnings = [e.message for e in events if isinstance(e, ev.Warned)]
     assert warnings == ["could not draw curves.png: no fonts today"]
-
-
-def test_tensorboard_missing_is_a_clear_error_before_anything_starts(
-    tmp_path: Path, corpus_file: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setitem(sys.modules, "tensorboard", None)  # importing it now fails
-    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
-    config = tiny_config(corpus_file, **{"train.tensorboard": True})
-    with pytest.raises(
-        CharlmError, match=r"pip install -e '\.\[tensorboard\]' in the charlm checkout"
-    ):
-        train(config, tmp_path / "run")
-    assert not (tmp_path / "run").exists()
-
-
-class RecordingWriter:
-    """Stands in for torch's SummaryWriter (not installed here), recording the calls made."""
-
-    instances: ClassVar[list[RecordingWriter]] = []
-
-    def __init__(self, log_dir: str, purge_step: int | None = None) -> None:
-        self.log_dir = log_dir
-        self.purge_step = purge_step
-        self.scalars: list[tuple[str, float, int]] = []
-        self.texts: list[str] = []
-        self.closed = False
-        RecordingWriter.instances.append(self)
-
-    def add_scalar(self, tag: str, scalar_value: float, global_step: int) -> None:
-        self.scalars.append((tag, scalar_value, global_step))
-
-    def add_text(self, tag: str, text_string: str, global_step: int) -> None:
-        self.texts.append(tag)
-
-    def flush(self) -> None:
-        pass
-
-    def close(self) -> None:
-        self.closed = True
-
-
-def test_tensorboard_logging_writes_each_metric_at_its_step(
-    tmp_path: Path, corpus_file: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    RecordingWriter.instances.clear()
-    monkeypatch.setattr("charlm.tblog.summary_writer_class", lambda: RecordingWriter)
-    run = tmp_path / "run"
-    train(tiny_config(corpus_file, **TEN_STEPS, **{"train.tensorboard": True}), run)
-    (writer,) = RecordingWriter.instances
-    assert writer.log_dir == str(run / "tensorboard") and writer.closed
-    assert writer.purge_step is None  # a fresh run has nothing to hide
-    assert writer.texts == ["config"]
-    val_steps = [step for tag, _, step in writer.scalars if tag == "bpc/val"]
-    assert val_steps == [5, 10]
-    train_steps = [step for tag, _, step in writer.scalars if tag == "loss/train"]
-    assert train_steps == [5, 10]  # log_interval is 5 in the tiny config
-    tags = {tag for tag, _, _ in writer.scalars}
-    assert tags == {"loss/train", "bpc/train", "loss/val", "bpc/val", "lr", "speed/chars_per_s"}
 
 
 def test_help_loads_neither_torch_nor_matplotlib() -> None:

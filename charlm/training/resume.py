@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from charlm import checkpoint as ckpt
-from charlm import distributed, tblog
+from charlm import distributed, loggers
 from charlm import events as ev
 from charlm.config import Config, apply_overrides, config_from_dict, dump_yaml
 from charlm.distributed import Dist
@@ -133,8 +133,7 @@ def _restore(
     missing. A finished run is refused.
     """
     config = resume_config(checkpoint, overrides)
-    if config.train.tensorboard:
-        tblog.summary_writer_class()  # a missing extra stops here, before any work or writes
+    loggers.check_installed(config)  # a missing extra stops here, before any work or writes
     t, step = config.train, checkpoint.step
     if t.max_steps is not None and step > t.max_steps:
         raise CharlmError(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 from pathlib import Path
 
-from charlm import distributed, tblog
+from charlm import distributed, loggers
 from charlm import events as ev
 from charlm.config import Config, dump_yaml
 from charlm.errors import CharlmError
@@ -41,8 +41,7 @@ def train(
     """
     run_dir = Path(run_dir)
     config = init_from.resolve_config(config)  # a fine-tune: model keys from its source
-    if config.train.tensorboard:
-        tblog.summary_writer_class()  # a missing extra stops here, before any work or writes
+    loggers.check_installed(config)  # a missing extra stops here, before any work or writes
     with distributed.process_group() as info:
         main = info.is_main
         # The folder is checked before the (slow) data load, and before anything is written.
@@ -66,8 +65,8 @@ def auto_resolved(trainer: Trainer) -> str | None:
 
 
 def run_recorded(trainer: Trainer) -> TrainResult:
-    """Run the trainer (new or resumed) with the extras around it: TensorBoard logging when
-    asked, a `failed` summary.json when an error stops it (unless the trainer wrote its own, as
+    """Run the trainer (new or resumed) with the extras around it: the experiment trackers
+    asked for, a `failed` summary.json when an error stops it (unless the trainer wrote its own, as
     for interrupted or diverged runs), curves.png when it finishes, and RUN/.lock locked
     meanwhile so `charlm runs` can tell a run in progress from an interrupted one.
 
@@ -90,14 +89,9 @@ def run_recorded(trainer: Trainer) -> TrainResult:
 
 
 def _recorded(trainer: Trainer) -> TrainResult:
-    tensorboard = None
-    if trainer.config.train.tensorboard:
-        tensorboard = tblog.TensorBoardLogger(
-            trainer.run_dir,
-            dump_yaml(trainer.config),
-            purge_step=trainer.step + 1 if trainer.step else None,
-        )
-        trainer.emit = tensorboard.wrap(trainer.emit)
+    run = loggers.RunContext(trainer.run_dir, trainer.config, trainer.step)
+    trackers = loggers.Loggers(run, trainer.emit)
+    trainer.emit = trackers.emit
     with running_lock(trainer.run_dir):
         try:
             return trainer.run()
@@ -110,8 +104,7 @@ def _recorded(trainer: Trainer) -> TrainResult:
                     write_summary(trainer.run_dir, summary)
             raise
         finally:
-            if tensorboard is not None:
-                tensorboard.close()
+            trackers.close()
 
 
 def _draw_curves(trainer: Trainer) -> None:
