@@ -1,32 +1,127 @@
-"""The Typer app, its root options, and how errors reach the user.
+"""The Typer app, its root options, how help looks, and how errors reach the user.
 
 A `CharlmError` raised anywhere below a command becomes one `error:` line on stderr and exit
 code 1; a usage mistake (bad option value, unknown option) is one line and exit 1 too; anything
 else is a bug and keeps its traceback.
+
+Every command is a `CharlmCommand` and every group a `CharlmGroup`: `-h` is `--help`, a flag
+shows no `<bool>` type, and arguments read as upper-case metavars (`RUN`, `[FOLDER]`, `RUN...`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import signal
 import sys
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 from charlm import __version__
 from charlm.cli.views import err
 from charlm.errors import CharlmError, CharlmWarning
 
+HELP_SETTINGS = {"help_option_names": ["-h", "--help"]}
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _tidy(params: list[Any]) -> list[Any]:
+    """Blank a flag's metavar (Typer shows it as its type, `<bool>`: flags take no value) and
+    name an argument by its upper-case name unless it has a metavar. Parameters Typer adds
+    late (--help, --install-completion) pass through here too."""
+    for param in params:
+        if getattr(param, "is_flag", False):
+            param.metavar = ""
+        elif param.param_type_name == "argument" and param.metavar is None:
+            param.metavar = (param.name or "").upper()
+    return params
+
+
+def usage_piece(argument: Any) -> str:
+    """An argument in the usage line: RUN, [FOLDER], RUN...; a metavar that spells out its own
+    shape (`[CONFIG] [KEY=VALUE]...`, `EXPERIMENT [KEY=VALUE]...`) as written."""
+    name = str(argument.metavar)
+    if "[" in name or " " in name:
+        return name
+    if argument.nargs != 1 and not name.endswith("..."):
+        name += "..."
+    return name if argument.required else f"[{name}]"
+
+
+class CharlmCommand(TyperCommand):
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _tidy(super().get_params(ctx))
+
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        arguments = [p for p in self.get_params(ctx) if p.param_type_name == "argument"]
+        options = [self.options_metavar] if self.options_metavar else []
+        return [*options, *(usage_piece(a) for a in arguments)]
+
+
+class CharlmGroup(TyperGroup):
+    """Also turns usage mistakes into one line (its parsing, and its commands' under invoke)."""
+
+    def get_params(self, ctx: Any) -> list[Any]:
+        return _tidy(super().get_params(ctx))
+
+    def make_context(self, *args: Any, **kwargs: Any) -> Any:
+        with one_line_usage_errors():
+            return super().make_context(*args, **kwargs)
+
+    def invoke(self, ctx: Any) -> Any:
+        with one_line_usage_errors():
+            return super().invoke(ctx)
+
+
+@contextlib.contextmanager
+def one_line_usage_errors() -> Iterator[None]:
+    """A usage mistake (bad option value, unknown option, missing argument) as one `error:` line
+    and exit code 1, however the app is called (`charlm`, `app()`, a test's runner)."""
+    try:
+        yield
+    except Exception as e:
+        # Typer's usage errors (its click's UsageError/ClickException, vendored or not) carry
+        # `format_message` and `exit_code`; recognise them by that rather than by a private path.
+        if not (hasattr(e, "format_message") and hasattr(e, "exit_code")):
+            raise
+        if type(e).__name__ == "NoArgsIsHelpError":
+            raise typer.Exit(0) from None  # a bare `charlm` or `charlm data`: help was shown
+        ctx = getattr(e, "ctx", None)
+        where = ctx.command_path if ctx is not None else "charlm"
+        message = e.format_message().replace("Value error, ", "")  # the validator's prefix
+        line = _bad_choice(e) or f"{where}: {message} (see {where} --help)"
+        err.print(f"error: {line}", markup=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+
+
+def _bad_choice(e: Exception) -> str | None:
+    """A value outside an option's choices, in the library's words for the same mistake
+    (`--unknown 'keep': expected one of error, skip, replace`); None for any other error."""
+    param = getattr(e, "param", None)
+    choices = getattr(getattr(param, "type_descriptor", None), "choices", None)
+    errors = getattr(e.__cause__, "errors", None)  # the validator's record holds the value
+    if not (choices and callable(errors) and getattr(param, "opts", None)):
+        return None
+    found = errors()
+    value = found[0].get("input") if found else None
+    if not isinstance(value, str):
+        return None
+    allowed = ", ".join(map(str, choices))
+    return f"{max(param.opts, key=len)} {value!r}: expected one of {allowed}"
+
+
 app = typer.Typer(
-    add_completion=False,
+    cls=CharlmGroup,
+    context_settings=HELP_SETTINGS,
+    add_completion=True,
     no_args_is_help=True,
     rich_markup_mode="rich",
     help="Train, sample and evaluate character-level LSTM and GRU language models.",
 )
-F = TypeVar("F", bound=Callable[..., Any])
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
@@ -99,26 +194,11 @@ def _interrupt(signum: int, frame: object) -> None:
 
 
 def main() -> None:
-    """Run the app; a usage mistake (bad option value, unknown option) is one line and exit 1."""
+    """Run the app: Ctrl-C before a command starts is `aborted` and exit code 130."""
     signal.signal(signal.SIGINT, _interrupt)
     try:
         code = app(standalone_mode=False)
     except typer.Abort:
         err.print("aborted", markup=False)
         sys.exit(130)
-    except Exception as e:
-        # Typer's usage errors (its click's UsageError/ClickException, vendored or not) carry
-        # `format_message` and `exit_code`; recognise them by that rather than by a private path.
-        if not (hasattr(e, "format_message") and hasattr(e, "exit_code")):
-            raise
-        ctx = getattr(e, "ctx", None)
-        if type(e).__name__ == "NoArgsIsHelpError":
-            sys.exit(0)  # a bare `charlm` or `charlm data`: Typer has already shown the help
-        where = ctx.command_path if ctx is not None else "charlm"
-        err.print(
-            f"error: {where}: {e.format_message()} (see {where} --help)",
-            markup=False,
-            soft_wrap=True,
-        )
-        sys.exit(1)
     sys.exit(code if isinstance(code, int) else 0)

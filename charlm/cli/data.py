@@ -8,16 +8,19 @@ from pathlib import Path
 import typer
 from rich.console import Console
 
-from charlm.cli.app import friendly, split_train_args
+from charlm.cli.app import HELP_SETTINGS, CharlmCommand, CharlmGroup, friendly, split_train_args
+from charlm.cli.complete import complete_corpus_name
 from charlm.cli.views import corpus_table, err
 
 data_app = typer.Typer(
+    cls=CharlmGroup,
+    context_settings=HELP_SETTINGS,
     no_args_is_help=True,
     help="Prepare corpora: encode them into the id cache training reads, fetch classic ones.",
 )
 
 
-@data_app.command("prepare")
+@data_app.command("prepare", cls=CharlmCommand)
 @friendly
 def data_prepare(
     args: list[str] = typer.Argument(
@@ -45,10 +48,12 @@ def data_prepare(
     Console(highlight=False).print(corpus_table(report))
 
 
-@data_app.command("fetch")
+@data_app.command("fetch", cls=CharlmCommand)
 @friendly
 def data_fetch(
-    name: str = typer.Argument(..., help="The corpus: tinyshakespeare."),
+    name: str = typer.Argument(
+        ..., help="The corpus: tinyshakespeare.", autocompletion=complete_corpus_name
+    ),
     url: str | None = typer.Option(None, "--url", help="Download from here instead."),
     dest: Path = typer.Option(Path("data"), "--dest", help="Folder to save it in."),
     timeout: float = typer.Option(30.0, "--timeout", help="Network timeout in seconds."),

@@ -7,6 +7,8 @@ from pathlib import Path
 import typer
 
 from charlm.cli.app import friendly
+from charlm.cli.choices import ExportDtype, ExportFormat
+from charlm.cli.complete import complete_run
 from charlm.cli.sample import RUN_HELP
 
 
@@ -16,8 +18,8 @@ def _mb(n: int) -> str:
 
 @friendly
 def export(
-    run: Path = typer.Argument(..., help=RUN_HELP),
-    fmt: str = typer.Option(
+    run: Path = typer.Argument(..., help=RUN_HELP, autocompletion=complete_run),
+    fmt: ExportFormat = typer.Option(
         ...,
         "--format",
         "-f",
@@ -25,7 +27,7 @@ def export(
         "step; needs the export extra) or torchscript (the same step). See docs/api.md.",
     ),
     out: Path = typer.Option(..., "--out", "-o", help="The file to write."),
-    dtype: str | None = typer.Option(
+    dtype: ExportDtype | None = typer.Option(
         None,
         "--dtype",
         help="weights only: store them in bf16 or fp16 (half the size) instead of fp32.",

@@ -8,6 +8,7 @@ from pathlib import Path
 import typer
 
 from charlm.cli.app import friendly
+from charlm.cli.complete import complete_run
 from charlm.cli.views import comparison_table, err, print_info, runs_table, table_console
 from charlm.errors import CharlmError
 
@@ -42,6 +43,7 @@ def compare(
         metavar="RUN...",
         help="Run folders, or folders of runs (a sweep's --out folder).",
         show_default=False,
+        autocompletion=complete_run,
     ),
     plot: Path | None = typer.Option(
         None, "--plot", help="Also draw val bpc against step and time into this PNG."
@@ -72,7 +74,9 @@ def compare(
 
 @friendly
 def info(
-    target: Path = typer.Argument(..., metavar="RUN|CHECKPOINT", help="A run folder or a file."),
+    target: Path = typer.Argument(
+        ..., metavar="RUN|CHECKPOINT", help="A run folder or a file.", autocompletion=complete_run
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object to stdout."),
 ) -> None:
     """Step, time trained, sizes, scores and config of a run, and whether each checkpoint is

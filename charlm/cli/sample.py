@@ -16,6 +16,8 @@ import typer
 from rich.console import Console
 
 from charlm.cli.app import friendly
+from charlm.cli.choices import Device, Impl, Precision, SamplePrecision, Split, Unknown
+from charlm.cli.complete import complete_run
 from charlm.cli.views import err, eval_files_table, eval_table
 from charlm.errors import CharlmError
 
@@ -51,7 +53,7 @@ THREADS_HELP = (
 
 @friendly
 def sample(
-    run: Path = typer.Argument(..., help=RUN_HELP),
+    run: Path = typer.Argument(..., help=RUN_HELP, autocompletion=complete_run),
     length: int = typer.Option(
         500, "--length", "-n", help="New characters per sample (the most, with --stop)."
     ),
@@ -89,15 +91,15 @@ def sample(
     interactive: bool = typer.Option(
         False, "--interactive", "-i", help="Read primes line by line from stdin; Ctrl-D ends."
     ),
-    device: str = typer.Option(
+    device: Device = typer.Option(
         "auto",
         "--device",
-        help="cpu, cuda, or auto: whichever of the CPU and the GPU runs a sampling step "
+        help="Where to sample; auto: whichever of the CPU and the GPU runs a sampling step "
         "faster at this batch (timed; named on stderr).",
     ),
-    unknown: str = typer.Option("error", "--unknown", help=UNKNOWN_HELP.format(what="prime")),
-    impl: str | None = typer.Option(None, "--impl", help=IMPL_HELP),
-    precision: str = typer.Option("fp32", "--precision", help=PRECISION_HELP),
+    unknown: Unknown = typer.Option("error", "--unknown", help=UNKNOWN_HELP.format(what="prime")),
+    impl: Impl | None = typer.Option(None, "--impl", help=IMPL_HELP),
+    precision: SamplePrecision = typer.Option("fp32", "--precision", help=PRECISION_HELP),
     threads: int | None = typer.Option(None, "--threads", help=THREADS_HELP, show_default=False),
 ) -> None:
     """Print the prime followed by exactly --length new characters to stdout, as they come."""
@@ -283,19 +285,23 @@ def prompt_loop(write: Callable[..., None]) -> None:
 
 @friendly
 def eval_command(
-    run: Path = typer.Argument(..., help=RUN_HELP),
+    run: Path = typer.Argument(..., help=RUN_HELP, autocompletion=complete_run),
     corpus: Path | None = typer.Option(
         None, "--corpus", help="Score this text file or folder instead of a split."
     ),
-    split: str = typer.Option("val", "--split", help="val, test or train (of the run's corpus)."),
+    split: Split = typer.Option("val", "--split", help="Which split of the run's corpus."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object to stdout."),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
-    unknown: str = typer.Option("error", "--unknown", help=UNKNOWN_HELP.format(what="--corpus")),
-    impl: str | None = typer.Option(None, "--impl", help=IMPL_HELP),
-    precision: str | None = typer.Option(
+    device: Device = typer.Option(
+        "auto", "--device", help="Where to score; auto: the GPU if there is one (int8: the CPU)."
+    ),
+    unknown: Unknown = typer.Option(
+        "error", "--unknown", help=UNKNOWN_HELP.format(what="--corpus")
+    ),
+    impl: Impl | None = typer.Option(None, "--impl", help=IMPL_HELP),
+    precision: Precision | None = typer.Option(
         None,
         "--precision",
-        help="Score through the sampling steps with their products in fp32, bf16 or int8: "
+        help="Score through the sampling steps with their products in this precision: "
         "what `charlm sample --precision` costs the model. Default: the model's own forward.",
         show_default=False,
     ),

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from charlm.cli.app import friendly
+from charlm.cli.choices import SamplePrecision, ServeDevice, Unknown
+from charlm.cli.complete import complete_run
 from charlm.cli.sample import PRECISION_HELP, RUN_HELP, UNKNOWN_HELP
 from charlm.cli.views import err
 from charlm.errors import CharlmError
@@ -21,7 +23,7 @@ INSTALL = "charlm serve needs the web server extra: pip install -e '.[serve]'"
 
 @friendly
 def serve(
-    run: Path = typer.Argument(..., help=RUN_HELP),
+    run: Path = typer.Argument(..., help=RUN_HELP, autocompletion=complete_run),
     host: str = typer.Option(
         "127.0.0.1", "--host", help="Address to bind; any but loopback is reachable (warned)."
     ),
@@ -43,9 +45,9 @@ def serve(
     timeout: float = typer.Option(
         120.0, "--timeout", help="Seconds a request may take, queue included; then it is cut."
     ),
-    unknown: str = typer.Option("error", "--unknown", help=UNKNOWN_HELP.format(what="prompts")),
-    precision: str = typer.Option("fp32", "--precision", help=PRECISION_HELP),
-    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    unknown: Unknown = typer.Option("error", "--unknown", help=UNKNOWN_HELP.format(what="prompts")),
+    precision: SamplePrecision = typer.Option("fp32", "--precision", help=PRECISION_HELP),
+    device: ServeDevice = typer.Option("cpu", "--device", help="Where the model runs."),
     threads: int | None = typer.Option(
         None, "--threads", help="CPU threads for the steps (default 1).", show_default=False
     ),

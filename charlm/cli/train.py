@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import shlex
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from charlm.cli.app import fail, friendly, split_train_args
+from charlm.cli.complete import complete_config, complete_experiment, complete_run
 from charlm.cli.progress import ProgressView, SweepView, say
 from charlm.cli.views import comparison_table, err, table_console, train_table
 from charlm.errors import CharlmError
+
+if TYPE_CHECKING:
+    from charlm.config import Config
 
 INIT_FROM_HELP = (
     "Fine-tune: start from this run's (best, else newest) checkpoint or a checkpoint file "
@@ -23,9 +28,10 @@ def train(
     args: list[str] = typer.Argument(
         None,
         metavar="[CONFIG] [KEY=VALUE]...",
-        help="A YAML config (built-in defaults without one), then dotted overrides, "
-        "e.g. train.lr=3e-4 model.cell=gru.",
+        help="A YAML config or a preset's name (`charlm presets`; built-in defaults without "
+        "one), then dotted overrides, e.g. train.lr=3e-4 model.cell=gru.",
         show_default=False,
+        autocompletion=complete_config,
     ),
     out: Path | None = typer.Option(
         None, "--out", "-o", help="Run folder (default: runs/<config>-<time>)."
@@ -38,8 +44,11 @@ def train(
         "--resume",
         help="Continue this run folder from its newest intact checkpoint, with its recorded "
         "config (only train.max_steps, train.max_time and train.device may be overridden).",
+        autocompletion=complete_run,
     ),
-    init_from: str | None = typer.Option(None, "--init-from", help=INIT_FROM_HELP),
+    init_from: str | None = typer.Option(
+        None, "--init-from", help=INIT_FROM_HELP, autocompletion=complete_run
+    ),
     nproc: int | None = typer.Option(
         None,
         "--nproc",
@@ -54,9 +63,7 @@ def train(
     resumes it (exit code 130 or 143).
     """
     from charlm import distributed
-    from charlm.config import load_config
     from charlm.cpu.memory import keep_freed_memory
-    from charlm.rundir import default_run_dir
     from charlm.training import TrainingInterrupted
     from charlm.training import resume as resume_training
     from charlm.training import train as run_training
@@ -64,7 +71,7 @@ def train(
 
     args = [*(args or []), *([f"train.init_from={init_from}"] if init_from else [])]
     config_path, overrides = split_train_args(args)
-    _check_resume(resume, config_path, out)
+    config_path = _checked_config(resume, config_path, out)
     if nproc is not None and nproc != 1:
         raise typer.Exit(_launch(nproc, args or [], config_path, out, resume, quiet))
     # Under torchrun, the processes other than rank 0 train silently; rank 0 reports.
@@ -77,8 +84,7 @@ def train(
                 with show:
                     result = resume_training(resume, overrides, on_event=show.handle)
             else:
-                config = load_config(config_path, overrides)
-                run_dir = out if out is not None else default_run_dir(config_path)
+                config, run_dir = _new_run(config_path, overrides, out)
                 with show:
                     result = run_training(config, run_dir, on_event=show.handle)
     except TrainingInterrupted as stop:
@@ -98,7 +104,11 @@ def train(
         err.print(train_table(result))
 
 
-def _check_resume(resume: Path | None, config_path: str | None, out: Path | None) -> None:
+def _checked_config(resume: Path | None, config_path: str | None, out: Path | None) -> str | None:
+    """The CONFIG argument's file (a preset's, for a name), after refusing what --resume
+    cannot take."""
+    from charlm.presets import resolve_config
+
     if resume is not None and config_path is not None:
         raise CharlmError(
             f"--resume {resume}: a resumed run uses the config recorded in it; drop {config_path} "
@@ -108,6 +118,20 @@ def _check_resume(resume: Path | None, config_path: str | None, out: Path | None
         raise CharlmError(
             f"--resume {resume}: a resumed run continues in its own folder; drop --out"
         )
+    return resolve_config(config_path) if config_path else None
+
+
+def _new_run(
+    config_path: str | None, overrides: list[str], out: Path | None
+) -> tuple[Config, Path]:
+    """A new run's config, its corpus checked up front, and its folder."""
+    from charlm.config import load_config
+    from charlm.presets import check_corpus
+    from charlm.rundir import default_run_dir
+
+    config = load_config(config_path, overrides)
+    check_corpus(config.data.corpus)
+    return config, (out if out is not None else default_run_dir(config_path))
 
 
 def _launch(
@@ -150,9 +174,11 @@ def sweep(
     args: list[str] = typer.Argument(
         ...,
         metavar="EXPERIMENT [KEY=VALUE]...",
-        help="An experiment YAML (see docs/experiments.md), then dotted overrides applied to "
-        "every run, e.g. train.max_time=60 data.corpus=my.txt.",
+        help="An experiment YAML (see docs/experiments.md) or a shipped experiment's name "
+        "(`charlm presets`), then dotted overrides applied to every run, e.g. "
+        "train.max_time=60 data.corpus=my.txt.",
         show_default=False,
+        autocompletion=complete_experiment,
     ),
     out: Path | None = typer.Option(
         None, "--out", "-o", help="Folder for the runs (default: runs/<experiment>)."
@@ -164,6 +190,7 @@ def sweep(
     """Train every run of an experiment in turn (skipping finished ones), then compare them."""
     from charlm.cpu.memory import keep_freed_memory
     from charlm.experiment import load_experiment
+    from charlm.presets import check_corpus, resolve_config
     from charlm.runs import compare_runs
     from charlm.sweep import default_sweep_dir, run_sweep
     from charlm.training import TrainingInterrupted
@@ -172,7 +199,10 @@ def sweep(
     path, overrides = split_train_args(args)
     if path is None:
         raise CharlmError("expected an EXPERIMENT file before the KEY=VALUE overrides")
+    path = resolve_config(path, experiments=True)
     experiment = load_experiment(path, overrides)
+    for planned in experiment.runs:
+        check_corpus(planned.config.data.corpus)
     folder = out if out is not None else default_sweep_dir(path)
     names = ", ".join(run.name for run in experiment.runs)
     say(f"sweep {path}: {len(experiment.runs)} runs into {folder}: {names}")
