@@ -18,7 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-TEXT_FLOOR = 12
+TEXT_FLOOR = 8
 """A word of text is folded rather than widen its column past this (or past its widest number)."""
 NUMBER_TOKEN = re.compile(r"[(\-+]?\d\S{0,19}")
 """A word that starts with a digit is a number (`1,234,567`, `4.5s`, `0.0003)`), kept whole."""
@@ -101,8 +101,9 @@ class Grid:
 
 
 def column_widths(grid: Grid, width: int) -> list[int] | None:
-    """Content widths that fit `width` with borders and padding, shrinking the widest wrappable
-    column first; None when even the narrowest widths do not fit."""
+    """Content widths that fit `width` with borders and padding; None when even the narrowest
+    do not. The widest wrappable column gives way first, the first column last: it names every
+    row, so folding it costs a line in each row, where folding a header costs one line once."""
     columns = grid.columns()
     natural = [max(cell.width for cell in column) for column in columns]
     floor = [max(cell.floor for cell in column) for column in columns]
@@ -110,9 +111,13 @@ def column_widths(grid: Grid, width: int) -> list[int] | None:
     if sum(floor) > room:
         return None
     widths = natural[:]
-    while sum(widths) > room:
-        i = max((j for j in range(len(widths)) if widths[j] > floor[j]), key=widths.__getitem__)
-        widths[i] -= 1
+    while (excess := sum(widths) - room) > 0:
+        others = [j for j in range(1, len(widths)) if widths[j] > floor[j]]
+        if not others:
+            widths[0] -= excess  # the floors fit, so the first column has this much to give
+            break
+        widest = max(others, key=widths.__getitem__)
+        widths[widest] -= 1
     return widths
 
 
@@ -137,16 +142,24 @@ def build_table(grid: Grid, widths: list[int] | None) -> Table:
     return table
 
 
-def _split_to_fit(grid: Grid, width: int, noun: str) -> list[Grid] | None:
-    """The grid split into as few tables as fit, their columns shared out evenly."""
+def _fits(grids: list[Grid], width: int) -> bool:
+    return all(column_widths(grid, width) is not None for grid in grids)
+
+
+def _splits_to_fit(grid: Grid, width: int, noun: str) -> list[list[Grid]]:
+    """The grid split into as few tables as fit, and into one more (narrower tables can take
+    fewer lines), their columns shared out evenly."""
     total = len(grid.header) - 1
-    for size in range(total - 1, 0, -1):  # a split into one table is the grid itself
-        parts = grid.split(size, noun)
-        if all(column_widths(part, width) is not None for part in parts):
-            even = grid.split(-(-total // len(parts)), noun)
-            fits = all(column_widths(part, width) is not None for part in even)
-            return even if fits and len(even) == len(parts) else parts
-    return None
+    size = next((n for n in range(total - 1, 0, -1) if _fits(grid.split(n, noun), width)), None)
+    if size is None:  # a split into one table is the grid itself
+        return []
+    fewest = len(grid.split(size, noun))
+    found = []
+    for tables in (fewest, fewest + 1):
+        even = grid.split(-(-total // tables), noun)
+        if len(even) == tables and _fits(even, width):
+            found.append(even)
+    return found or [grid.split(size, noun)]
 
 
 @dataclass
@@ -167,10 +180,8 @@ class Fitted:
         if self.turn and self.grid.rows:
             turned = self.grid.turned()
             found += [[turned]] if column_widths(turned, width) is not None else []
-            found += [parts] if (parts := _split_to_fit(turned, width, self.grid.rows_are)) else []
-        if not found and (parts := _split_to_fit(self.grid, width, "columns")):
-            found.append(parts)
-        return found
+            found += _splits_to_fit(turned, width, self.grid.rows_are)
+        return found or _splits_to_fit(self.grid, width, "columns")
 
     def tables(self, console: Console, options: ConsoleOptions) -> list[Table]:
         """The tables of the layout that takes the fewest lines at this width."""
