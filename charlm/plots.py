@@ -77,16 +77,16 @@ def eval_scope(run: RunInfo) -> str:
 
 def scores_line(run: RunInfo) -> str:
     """The run's scores, each saying what it scored: the final eval (always the whole val split,
-    from summary.json) and the best interval eval (on the eval_chars subset, if one was set)."""
+    from summary.json) and the best of the evals that picked the best checkpoint (the first
+    train.eval_chars of val, when set)."""
     final, best = run.final_whole_bpc, run.best_val_bpc
     parts = [
         f"final val {final:.3f} bpc (whole split)"
         if final is not None
         else f"no final eval ({run.status})"
     ]
-    interval = run.summary.interval_evals if run.summary is not None else None
-    if best is not None and interval != 0:
-        parts.append(f"best interval eval {best:.3f} ({eval_scope(run)})")
+    if best is not None:
+        parts.append(f"best eval {best:.3f} ({eval_scope(run)})")
     return "; ".join(parts)
 
 
@@ -108,7 +108,7 @@ def curves_figure(run: RunInfo) -> Any:
     if train:
         ax.plot(*zip(*train, strict=True), label="train", color="tab:blue", lw=1.2)
     if val:
-        label = f"val, interval evals ({eval_scope(run)})"
+        label = f"val evals ({eval_scope(run)})"
         ax.plot(*zip(*val, strict=True), label=label, color="tab:orange", marker="o", ms=3, lw=2)
     final = run.final_whole_bpc
     if final is not None and run.steps is not None:
@@ -193,11 +193,11 @@ def comparison_figure(runs: Sequence[RunInfo], log_x: bool = False) -> Any:
     if any(run.val_points for run in runs):
         keys = [
             Line2D([], [], color="gray", alpha=0.35, label="train"),
-            Line2D([], [], color="gray", marker="o", ms=3, label="val, interval evals"),
+            Line2D([], [], color="gray", marker="o", ms=3, label="val evals"),
             Line2D([], [], color="gray", ls="none", marker="*", ms=11, label="final (whole split)"),
         ]
         by_step.legend(handles=keys, fontsize="small")
-        title = "run: final val bpc (whole split), best interval eval"
+        title = "run: final val bpc (whole split), best eval"
         title += f" ({scope})" if scope is not None else ""
         by_time.legend(*by_step.get_legend_handles_labels(), title=title, fontsize="small")
     return fig

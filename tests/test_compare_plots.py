@@ -111,12 +111,12 @@ def test_curves_quote_the_final_whole_split_score_and_say_which_is_which(
     (ax,) = curves_figure(run).axes
     title = ax.get_title()
     assert f"final val {final:.3f} bpc (whole split)" in title
-    assert f"best interval eval {best:.3f} (first 500 val chars)" in title
+    assert f"best eval {best:.3f} (first 500 val chars)" in title
     legend = [t.get_text() for t in ax.get_legend().get_texts()]
-    assert legend == ["train", "val, interval evals (first 500 val chars)",
+    assert legend == ["train", "val evals (first 500 val chars)",
                       f"final val {final:.3f} (whole split)"]  # fmt: skip
     whole = read_run(two_runs / "gru")  # no train.eval_chars: every eval scored the whole split
-    assert scores_line(whole).endswith(f"best interval eval {whole.best_val_bpc:.3f} (whole split)")
+    assert scores_line(whole).endswith(f"best eval {whole.best_val_bpc:.3f} (whole split)")
 
 
 def test_comparison_plot_draws_train_beside_val_and_quotes_final_scores(
