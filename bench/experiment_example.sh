@@ -4,9 +4,10 @@
 #
 #   bench/experiment_example.sh [CORPUS [OUT [KEY=VALUE...]]]
 #
-# CORPUS defaults to data/tinyshakespeare.txt (see data/README.md), OUT to runs/lstm-vs-gru;
-# KEY=VALUE overrides go to every run (e.g. train.device=cpu). Two runs of five minutes each,
-# plus start-up and the final evals: about 11 minutes. Re-running skips the finished runs.
+# CORPUS defaults to data/tinyshakespeare.txt (see data/README.md), OUT to runs/lstm-vs-gru, both
+# relative to the checkout; KEY=VALUE overrides go to every run (e.g. train.device=cpu). Two runs
+# of five minutes each, plus start-up and the final evals: about 11 minutes. Re-running skips
+# the finished runs.
 # Runs with the `charlm` on PATH; set CHARLM (e.g. CHARLM="python -m charlm") to use another.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,7 +16,7 @@ out=${2:-runs/lstm-vs-gru}
 shift $(($# < 2 ? $# : 2))
 charlm=${CHARLM:-charlm}
 
-echo "\$ charlm sweep configs/experiments/lstm-vs-gru.yaml data.corpus=$corpus $* --out $out"
+echo "\$ charlm sweep configs/experiments/lstm-vs-gru.yaml data.corpus=$corpus${*:+ $*} --out $out"
 $charlm sweep configs/experiments/lstm-vs-gru.yaml "data.corpus=$corpus" "$@" --out "$out"
 echo "\$ charlm compare $out --plot docs/img/lstm-vs-gru.png"
 $charlm compare "$out" --plot docs/img/lstm-vs-gru.png
