@@ -89,11 +89,35 @@ class RunInfo:
 
     @property
     def final_val_bpc(self) -> float | None:
-        final = self.summary.final_val if self.summary is not None else None
-        if isinstance(final, dict) and "bpc" in final:
-            return float(final["bpc"])
+        if self.final_whole_bpc is not None:
+            return self.final_whole_bpc
         points = self.val_points
         return points[-1]["val_bpc"] if points else None
+
+    @property
+    def final_whole_bpc(self) -> float | None:
+        """The final eval's bpc, on the whole val split (summary.json); None before the run ends.
+
+        Unlike `final_val_bpc`, never an interval eval's score standing in for it.
+        """
+        final = self.summary.final_val if self.summary is not None else None
+        return float(final["bpc"]) if isinstance(final, dict) and "bpc" in final else None
+
+    @property
+    def interval_eval_chars(self) -> int | None:
+        """How many val chars each interval eval scored when that was part of the val split
+        (train.eval_chars), None when it was all of it.
+
+        A run whose evals scored a part logs its separate whole-split final eval as
+        final_val_bpc; a finished run without one scored the whole split every time.
+        """
+        train = self.config.get("train")
+        chars = train.get("eval_chars") if isinstance(train, dict) else None
+        if not _is_int(chars):
+            return None
+        if any("final_val_bpc" in row for row in self.metrics):
+            return int(chars)
+        return None if self.final_whole_bpc is not None else int(chars)
 
     @property
     def chars_per_s(self) -> float | None:

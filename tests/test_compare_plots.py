@@ -18,7 +18,9 @@ from typer.testing import CliRunner
 
 from charlm import events as ev
 from charlm.cli import app
-from charlm.runs import collect_runs, compare_runs, find_runs, read_summary
+from charlm.errors import CharlmError
+from charlm.plots import comparison_figure, curves_figure, scores_line
+from charlm.runs import collect_runs, compare_runs, find_runs, read_run, read_summary
 from charlm.training import train
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -35,6 +37,16 @@ def two_runs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     train(tiny_config(corpus, **TEN_STEPS), runs / "small-lstm")
     train(tiny_config(corpus, **TEN_STEPS, **{"model.cell": "gru", "train.lr": 0.02}), runs / "gru")
     return runs
+
+
+@pytest.fixture(scope="module")
+def subset_run(two_runs: Path) -> Path:
+    """A run whose interval evals score the first 500 of 800 val chars; its final eval, all."""
+    run = two_runs.parent / "subset"
+    train(
+        tiny_config(two_runs.parent / "corpus.txt", **TEN_STEPS, **{"train.eval_chars": 500}), run
+    )
+    return run
 
 
 def color_pixels(png: Path, rgb: tuple[float, float, float]) -> int:
@@ -87,6 +99,55 @@ def test_every_run_has_a_curves_png_that_is_not_blank(two_runs: Path) -> None:
         assert (pixels[..., :3] < 0.9).any(axis=-1).mean() > 0.01  # not an empty white canvas
         assert color_pixels(png, TAB_BLUE) > 100  # the train curve
         assert color_pixels(png, TAB_ORANGE) > 100  # the val curve
+
+
+def test_curves_quote_the_final_whole_split_score_and_say_which_is_which(
+    subset_run: Path, two_runs: Path
+) -> None:
+    run = read_run(subset_run)
+    final, best = run.final_whole_bpc, run.best_val_bpc
+    assert final is not None and best is not None
+    assert final != run.val_points[-1]["val_bpc"]  # the last interval eval scored a subset
+    (ax,) = curves_figure(run).axes
+    title = ax.get_title()
+    assert f"final val {final:.3f} bpc (whole split)" in title
+    assert f"best eval {best:.3f} (first 500 val chars)" in title
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend == ["train", "val evals (first 500 val chars)",
+                      f"final val {final:.3f} (whole split)"]  # fmt: skip
+    whole = read_run(two_runs / "gru")  # no train.eval_chars: every eval scored the whole split
+    assert scores_line(whole).endswith(f"best eval {whole.best_val_bpc:.3f} (whole split)")
+
+
+def test_comparison_plot_draws_train_beside_val_and_quotes_final_scores(
+    two_runs: Path, subset_run: Path
+) -> None:
+    runs = collect_runs([two_runs / "small-lstm", two_runs / "gru", subset_run])
+    by_step, by_time = comparison_figure(runs).axes
+    for ax in (by_step, by_time):
+        assert ax.get_xscale() == "linear"
+        assert len(ax.lines) == 3 * len(runs)  # per run: train, val, final star
+        for i in range(len(runs)):
+            train_line, val_line, star = ax.lines[3 * i : 3 * i + 3]
+            assert train_line.get_color() == val_line.get_color() == star.get_color()
+            assert (train_line.get_alpha() or 1.0) < 0.5 and val_line.get_alpha() is None
+            assert star.get_marker() == "*"
+    legend = [t.get_text() for t in by_time.get_legend().get_texts()]
+    for run, label in zip(runs, legend, strict=True):
+        assert label.startswith(f"{run.name}: final {run.final_whole_bpc:.3f}, best")
+    assert "(first 500 val chars)" in legend[2] and "(whole split)" in legend[0]
+    log = comparison_figure(runs, log_x=True).axes
+    assert [ax.get_xscale() for ax in log] == ["log", "log"]
+
+
+def test_cli_compare_log_x(two_runs: Path, tmp_path: Path) -> None:
+    args = ["compare", str(two_runs / "small-lstm"), str(two_runs / "gru"), "--log-x"]
+    plot = tmp_path / "log.png"
+    result = CliRunner().invoke(app, [*args, "--plot", str(plot)])
+    assert result.exit_code == 0, result.output
+    assert image.imread(plot).shape == (500, 1300, 4)
+    alone = CliRunner().invoke(app, args)
+    assert alone.exit_code == 1 and "--log-x: only changes the plot" in alone.output
 
 
 def test_runs_lists_finished_failed_and_interrupted_runs(

@@ -48,11 +48,14 @@ def compare(
     plot: Path | None = typer.Option(
         None, "--plot", help="Also draw val bpc against step and time into this PNG."
     ),
+    log_x: bool = typer.Option(False, "--log-x", help="Plot steps and time on a log scale."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object to stdout."),
 ) -> None:
     """The config keys that differ between runs, and their results side by side."""
     from charlm.runs import collect_runs, compare_runs
 
+    if log_x and plot is None:
+        raise CharlmError("--log-x: only changes the plot; add --plot FILE.png")
     if plot is not None and plot.suffix.lower() != ".png":
         raise CharlmError(f"--plot {plot}: expected a file name ending in .png")
     if plot is not None:
@@ -63,7 +66,7 @@ def compare(
     if plot is not None:
         from charlm.plots import plot_comparison
 
-        plot_comparison(comparison.runs, plot)
+        plot_comparison(comparison.runs, plot, log_x=log_x)
     if as_json:
         typer.echo(json.dumps(comparison.to_dict(), indent=2))
     else:

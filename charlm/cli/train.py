@@ -16,6 +16,7 @@ from charlm.errors import CharlmError
 
 if TYPE_CHECKING:
     from charlm.config import Config
+    from charlm.experiment import Experiment
 
 INIT_FROM_HELP = (
     "Fine-tune: start from this run's (best, else newest) checkpoint or a checkpoint file "
@@ -204,10 +205,7 @@ def sweep(
     for planned in experiment.runs:
         check_corpus(planned.config.data.corpus)
     folder = out if out is not None else default_sweep_dir(path)
-    names = ", ".join(run.name for run in experiment.runs)
-    say(f"sweep {path}: {len(experiment.runs)} runs into {folder}: {names}")
-    if experiment.description:
-        say(experiment.description)
+    say(sweep_banner(experiment, folder, overrides))
     view = SweepView(plain=quiet or not err.is_terminal)
     keep_freed_memory()
     try:
@@ -224,3 +222,22 @@ def sweep(
     table_console().print(comparison_table(compare_runs(result.runs), f"charlm sweep: {path}"))
     if result.plot is not None:
         say(f"plot: {result.plot}")
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 60:g} min" if seconds >= 120 and seconds % 60 == 0 else f"{seconds:g} s"
+
+
+def sweep_banner(experiment: Experiment, folder: Path, overrides: list[str]) -> str:
+    """The line a sweep starts with: its runs and the budget each one actually gets (the file's
+    `set:` after the command line's overrides). The file's description follows only without
+    overrides, which may contradict it ("five minutes each" under train.max_time=20)."""
+    train = experiment.runs[0].config.train  # the budget is shared: it cannot be swept
+    budget = [f"{train.max_steps:,} steps"] if train.max_steps is not None else []
+    budget += [_duration(train.max_time)] if train.max_time is not None else []
+    each = " or ".join(budget) + (" each, whichever comes first" if len(budget) > 1 else " each")
+    names = ", ".join(run.name for run in experiment.runs)
+    line = f"sweep {experiment.path}: {len(experiment.runs)} runs into {folder}, {each}: {names}"
+    return line + (
+        f"\n{experiment.description}" if experiment.description and not overrides else ""
+    )

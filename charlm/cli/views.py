@@ -14,7 +14,8 @@ from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
+
+from charlm.cli.fit import Cell, Fitted, Grid, text, whole
 
 err = Console(stderr=True, highlight=False)
 
@@ -47,64 +48,68 @@ def table_console() -> Console:
     return console if console.is_terminal else Console(width=200)
 
 
-def train_table(result: Any) -> Table:
+def _key_values(title: str, pairs: list[tuple[str, str]]) -> Fitted:
+    """A two-column table of labels and sentences (which wrap, keeping numbers whole)."""
+    rows = [[text(label), text(value)] for label, value in pairs]
+    grid = Grid([text("what"), text("value")], rows, [False, False], title, show_header=False)
+    return Fitted(grid, turn=False)
+
+
+def train_table(result: Any) -> Fitted:
     """`charlm train`'s summary of a finished run."""
-    table = Table(title="charlm train", show_header=False, title_justify="left")
-    table.add_row("run folder", str(result.run_dir))
-    table.add_row("steps", f"{result.steps:,}")
-    table.add_row("time", f"{result.elapsed_s:.1f} s, of which evals {result.eval_s:.1f} s")
-    table.add_row(
-        "chars/s",
-        f"{result.chars_per_s:,.0f} ({result.step_chars_per_s:,.0f} outside evals)",
-    )
-    table.add_row("parameters", f"{result.parameters:,}")
     final = result.final_val
-    table.add_row(
-        "final val bpc",
-        f"{final.bpc:.4f} (loss {final.loss:.4f}) on all {final.chars + 1:,} val chars",
-    )
+    pairs = [
+        ("run folder", str(result.run_dir)),
+        ("steps", f"{result.steps:,}"),
+        ("time", f"{result.elapsed_s:.1f} s, of which evals {result.eval_s:.1f} s"),
+        ("chars/s", f"{result.chars_per_s:,.0f} ({result.step_chars_per_s:,.0f} outside evals)"),
+        ("parameters", f"{result.parameters:,}"),
+        (
+            "final val bpc",
+            f"{final.bpc:.4f} (loss {final.loss:.4f}) on all {final.chars + 1:,} val chars",
+        ),
+    ]
     if result.interval_evals:
-        table.add_row(
-            "best val bpc",
-            f"{result.best_val_bpc:.4f} at step {result.best_step:,} (interval evals)",
-        )
-    table.add_row("next", f"charlm sample {result.run_dir}")
-    return table
+        best = f"{result.best_val_bpc:.4f} at step {result.best_step:,} (interval evals)"
+        pairs.append(("best val bpc", best))
+    pairs.append(("next", f"charlm sample {result.run_dir}"))
+    return _key_values("charlm train", pairs)
 
 
-def eval_table(run: Path, scored: str, result: Any) -> Table:
+EVAL_COLUMNS = ["loss (nats/char)", "bpc", "perplexity", "chars", "chars/s"]
+
+
+def _scores(result: Any) -> list[Cell]:
+    return [
+        whole(f"{result.loss:.4f}"),
+        whole(f"{result.bpc:.4f}"),
+        whole(f"{result.perplexity:.3f}"),
+        whole(f"{result.chars:,}"),
+        whole(f"{result.chars_per_s:,.0f}"),
+    ]
+
+
+def eval_table(run: Path, scored: str, result: Any) -> Fitted:
     """`charlm eval` of one split or file: a single row of scores."""
-    table = Table(title=f"charlm eval: {run} on {scored}", title_justify="left")
-    for column in ("loss (nats/char)", "bpc", "perplexity", "chars", "chars/s"):
-        table.add_column(column, justify="right")
-    table.add_row(
-        f"{result.loss:.4f}",
-        f"{result.bpc:.4f}",
-        f"{result.perplexity:.3f}",
-        f"{result.chars:,}",
-        f"{result.chars_per_s:,.0f}",
+    header = [text(column) for column in EVAL_COLUMNS]
+    grid = Grid(
+        header,
+        [_scores(result)],
+        [True] * 5,
+        f"charlm eval: {escape(str(run))} on {escape(scored)}",
     )
-    return table
+    return Fitted(grid, turn=False)
 
 
-def eval_files_table(run: Path, corpus: Path, found: Any) -> Table:
+def eval_files_table(run: Path, corpus: Path, found: Any) -> Fitted:
     """`charlm eval --corpus FOLDER`: one row per file and the total."""
-    table = Table(title=f"charlm eval: {run} on {corpus}", title_justify="left")
-    for column in ("file", "loss (nats/char)", "bpc", "perplexity", "chars", "chars/s"):
-        table.add_column(column, justify="left" if column == "file" else "right", overflow="fold")
-    rows = [*found.files, ("total", found.total)]
-    for i, (name, result) in enumerate(rows):
+    rows = []
+    for name, result in [*found.files, ("total", found.total)]:
         shown = Path(name).relative_to(corpus) if corpus.is_dir() and name != "total" else name
-        table.add_row(
-            str(shown),
-            f"{result.loss:.4f}",
-            f"{result.bpc:.4f}",
-            f"{result.perplexity:.3f}",
-            f"{result.chars:,}",
-            f"{result.chars_per_s:,.0f}",
-            end_section=i == len(rows) - 2,
-        )
-    return table
+        rows.append([text(shown), *_scores(result)])
+    header = [text(column) for column in ["file", *EVAL_COLUMNS]]
+    title = f"charlm eval: {escape(str(run))} on {escape(str(corpus))}"
+    return Fitted(Grid(header, rows, [False] + [True] * 5, title, rows_are="files"))
 
 
 def _seconds(value: float | None) -> str:
@@ -113,76 +118,84 @@ def _seconds(value: float | None) -> str:
     return f"{value:.1f}s" if value < 120 else f"{int(value // 60)}m{int(value % 60):02d}s"
 
 
-def _number(value: float | None, fmt: str) -> str:
-    return "-" if value is None else format(value, fmt)
+def _number(value: float | None, fmt: str) -> Cell:
+    return whole("-" if value is None else format(value, fmt))
 
 
 STATUS_STYLE = {"finished": "green", "failed": "red", "interrupted": "yellow", "running": "cyan"}
 
 
-def _status(status: str) -> str:
-    return f"[{STATUS_STYLE.get(status, 'white')}]{escape(status)}[/]"
+def _status(status: str) -> Cell:
+    return Cell(f"[{STATUS_STYLE.get(status, 'white')}]{escape(status)}[/]", whole=True)
 
 
-def _best_style(runs: list[Any]) -> Callable[[Any], str]:
+def _best_style(runs: list[Any]) -> Callable[[Any], Cell]:
     """Bold the lowest best val bpc among the rows, so the winner stands out."""
     scores = [r.best_val_bpc for r in runs if r.best_val_bpc is not None]
     best = min(scores) if scores else None
     return lambda r: (
-        f"[bold green]{r.best_val_bpc:.4f}[/]"
+        Cell(f"[bold green]{r.best_val_bpc:.4f}[/]", whole=True)
         if best is not None and r.best_val_bpc == best and len(runs) > 1
         else _number(r.best_val_bpc, ".4f")
     )
 
 
-def runs_table(folder: Path, found: list[Any]) -> Table:
+def runs_table(folder: Path, found: list[Any]) -> Fitted:
     """`charlm runs`: a row per run found."""
-    table = Table(title=f"charlm runs: {folder}", title_justify="left")
-    table.add_column("run")
-    table.add_column("cell")
-    for column in ("parameters", "steps", "time", "best val bpc"):
-        table.add_column(column, justify="right")
-    table.add_column("status")
+    header = [text(c) for c in ("run", "cell", "parameters", "steps", "time", "best val bpc")]
     best = _best_style(found)
-    for run in found:
-        table.add_row(
-            escape(run.name),
-            escape(run.cell or "-"),
+    rows = [
+        [
+            text(run.name),
+            text(run.cell or "-"),
             _number(run.parameters, ","),
             _number(run.steps, ","),
-            _seconds(run.elapsed_s),
+            whole(_seconds(run.elapsed_s)),
             best(run),
             _status(run.status),
-        )
-    return table
+        ]
+        for run in found
+    ]
+    right = [False, False, True, True, True, True, False]
+    title = f"charlm runs: {escape(str(folder))}"
+    grid = Grid([*header, text("status")], rows, right, title, rows_are="runs")
+    return Fitted(grid, turn=False)  # a list, however long: one row per run
 
 
-def comparison_table(comparison: Any, title: str) -> Table:
-    """Rows are runs; columns are the config keys that differ, then the results."""
-    table = Table(title=title, title_justify="left")
-    table.add_column("run")
-    for key in comparison.differing:
-        table.add_column(escape(key))
-    for column in ("best val bpc", "final val bpc", "chars/s", "parameters", "steps", "time"):
-        table.add_column(column, justify="right")
-    table.add_column("status")
+RESULT_COLUMNS = ("best val bpc", "final val bpc", "chars/s", "parameters", "steps", "time")
+
+
+def _config_value(value: Any) -> Cell:
+    """A config value: numbers, booleans and none whole; strings (paths) may fold."""
+    return text(value) if isinstance(value, str) else whole(value)
+
+
+def comparison_table(comparison: Any, title: str) -> Fitted:
+    """Rows are runs; columns are the config keys that differ, then the results. Shown on its
+    side (runs as columns), or split into tables of a few runs, where that fits better."""
     best = _best_style(comparison.runs)
+    rows = []
     for run in comparison.runs:
         values = run.flat_config()
-        table.add_row(
-            escape(run.name),
-            *[escape(str(values.get(key))) for key in comparison.differing],
-            best(run),
-            _number(run.final_val_bpc, ".4f"),
-            _number(run.chars_per_s, ",.0f"),
-            _number(run.parameters, ","),
-            _number(run.steps, ","),
-            _seconds(run.elapsed_s),
-            _status(run.status),
+        rows.append(
+            [
+                text(run.name),
+                *[_config_value(values.get(key)) for key in comparison.differing],
+                best(run),
+                _number(run.final_val_bpc, ".4f"),
+                _number(run.chars_per_s, ",.0f"),
+                _number(run.parameters, ","),
+                _number(run.steps, ","),
+                whole(_seconds(run.elapsed_s)),
+                _status(run.status),
+            ]
         )
-    same = len(comparison.runs[0].flat_config()) - len(comparison.differing)
-    table.caption = f"{same} other config keys are the same in every run"
-    return table
+    header = [text(c) for c in ("run", *comparison.differing, *RESULT_COLUMNS, "status")]
+    keys = len(comparison.differing)
+    right = [False] + [False] * keys + [True] * len(RESULT_COLUMNS) + [False]
+    same = len(comparison.runs[0].flat_config()) - keys
+    caption = f"{same} other config keys are the same in every run"
+    return Fitted(Grid(header, rows, right, escape(title), caption, rows_are="runs"))
 
 
 def print_info(report: dict[str, Any]) -> None:
@@ -195,66 +208,59 @@ def print_info(report: dict[str, Any]) -> None:
         for section, values in summary["config"].items():
             for key, value in values.items():
                 out.print(f"  {section}.{key} = {value}", markup=False)
-    files = Table(title="checkpoint files", title_justify="left")
-    for column in ("file", "step", "bytes", "status"):
-        files.add_column(column, overflow="fold")
+    rows = []
     for entry in report["checkpoints"]:
         status = entry["status"] + (f": {entry['problem']}" if entry["problem"] else "")
         step = "-" if entry["step"] is None else f"{entry['step']:,}"
-        files.add_row(escape(entry["file"]), step, f"{entry['bytes']:,}", escape(status))
-    out.print(files)
+        rows.append([text(entry["file"]), whole(step), whole(f"{entry['bytes']:,}"), text(status)])
+    header = [text(c) for c in ("file", "step", "bytes", "status")]
+    grid = Grid(header, rows, [False, True, True, False], "checkpoint files", rows_are="files")
+    out.print(Fitted(grid))
     if summary is None:
         err.print("[bold red]error:[/] no intact checkpoint found", markup=True)
 
 
-def _summary_table(report: dict[str, Any]) -> Table:
+def _summary_table(report: dict[str, Any]) -> Fitted:
     summary = report["summary"]
-    table = Table(title=f"charlm info: {report['target']}", show_header=False)
-    table.title_justify = "left"
-    table.add_column("what")
-    table.add_column("value", overflow="fold")
 
     def bpc(value: float | None) -> str:
         return "-" if value is None else f"{value:.4f}"
 
-    table.add_row("described checkpoint", escape(summary["checkpoint"]))
-    table.add_row("step", f"{summary['step']:,}")
-    table.add_row("time trained", f"{summary['elapsed_s']:.1f} s")
-    table.add_row("parameters", f"{summary['parameters']:,}")
-    table.add_row("vocabulary size", str(summary["vocab_size"]))
-    best = bpc(summary["best_val_bpc"])
-    table.add_row("best val bpc", f"{best} at step {summary['best_step']:,}")
-    table.add_row("last val bpc", bpc(summary["last_val_bpc"]))
-    table.add_row(
-        "trained on",
-        f"{summary['device']}, {summary['precision']} (torch {summary['torch_version']})",
-    )
+    pairs = [
+        ("described checkpoint", summary["checkpoint"]),
+        ("step", f"{summary['step']:,}"),
+        ("time trained", f"{summary['elapsed_s']:.1f} s"),
+        ("parameters", f"{summary['parameters']:,}"),
+        ("vocabulary size", str(summary["vocab_size"])),
+        ("best val bpc", f"{bpc(summary['best_val_bpc'])} at step {summary['best_step']:,}"),
+        ("last val bpc", bpc(summary["last_val_bpc"])),
+        (
+            "trained on",
+            f"{summary['device']}, {summary['precision']} (torch {summary['torch_version']})",
+        ),
+    ]
     if report.get("resume"):
-        table.add_row("resume", escape(report["resume"]))
+        pairs.append(("resume", report["resume"]))
     if report.get("train_further"):
-        table.add_row("train further", escape(report["train_further"]))
-    return table
+        pairs.append(("train further", report["train_further"]))
+    return _key_values(f"charlm info: {escape(str(report['target']))}", pairs)
 
 
-def corpus_table(report: dict[str, Any]) -> Table:
+def corpus_table(report: dict[str, Any]) -> Fitted:
     """`charlm data prepare`: the statistics of `charlm.cache.corpus_statistics`."""
-    table = Table(title=f"charlm data prepare: {report['corpus']}", show_header=False)
-    table.title_justify = "left"
-    table.add_column("what")
-    table.add_column("value", overflow="fold")
 
     def shown(pairs: list[list[Any]]) -> str:
         return ", ".join(f"{c!r} {n:,}" for c, n in pairs)
 
     splits = report["splits"]
-    table.add_row("files", f"{report['files']:,}")
-    table.add_row("characters", f"{report['chars']:,}")
-    table.add_row("vocabulary", f"{report['vocab_size']:,} symbols ({report['dtype']} ids)")
-    table.add_row("most frequent", shown(report["most_frequent"]))
-    table.add_row("least frequent", shown(report["least_frequent"]))
-    table.add_row(
-        "splits", f"train {splits['train']:,} | val {splits['val']:,} | test {splits['test']:,}"
-    )
-    table.add_row("sha256", report["sha256"])
-    table.add_row("cache", f"{report['cache']} ({report['cache_status']})")
-    return table
+    pairs = [
+        ("files", f"{report['files']:,}"),
+        ("characters", f"{report['chars']:,}"),
+        ("vocabulary", f"{report['vocab_size']:,} symbols ({report['dtype']} ids)"),
+        ("most frequent", shown(report["most_frequent"])),
+        ("least frequent", shown(report["least_frequent"])),
+        ("splits", f"train {splits['train']:,} | val {splits['val']:,} | test {splits['test']:,}"),
+        ("sha256", report["sha256"]),
+        ("cache", f"{report['cache']} ({report['cache_status']})"),
+    ]
+    return _key_values(f"charlm data prepare: {escape(str(report['corpus']))}", pairs)
