@@ -18,7 +18,6 @@ from typer.testing import CliRunner
 
 from charlm import events as ev
 from charlm.cli import app
-from charlm.errors import CharlmError
 from charlm.plots import comparison_figure, curves_figure, scores_line
 from charlm.runs import collect_runs, compare_runs, find_runs, read_run, read_summary
 from charlm.training import train
