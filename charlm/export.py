@@ -29,7 +29,7 @@ from torch import nn
 
 from charlm import checkpoint as ckpt
 from charlm.config import config_to_dict
-from charlm.errors import CharlmError
+from charlm.errors import CharlmError, missing_package
 
 FORMATS = ("weights", "onnx", "torchscript")
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -42,7 +42,6 @@ DESCRIBED = (
     "device", "precision", "torch_version",
 )  # fmt: skip
 """Fields of the source's record an export keeps: what `charlm info` and `eval` read."""
-INSTALL_HINT = "pip install onnx onnxruntime (or pip install -e '.[export]' in the charlm checkout)"
 
 
 @dataclass(frozen=True)
@@ -89,7 +88,7 @@ def check_request(fmt: str, out: Path, dtype: str | None, force: bool) -> None:
             import onnx  # noqa: F401
             import onnxruntime  # noqa: F401
         except ImportError:
-            raise CharlmError(f"--format onnx needs onnx and onnxruntime: {INSTALL_HINT}") from None
+            raise missing_package("--format onnx", ["onnx", "onnxruntime"], "export") from None
 
 
 def export(

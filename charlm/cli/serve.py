@@ -13,12 +13,10 @@ from charlm.cli.choices import SamplePrecision, ServeDevice, Unknown
 from charlm.cli.complete import complete_run
 from charlm.cli.sample import PRECISION_HELP, RUN_HELP, UNKNOWN_HELP
 from charlm.cli.views import err
-from charlm.errors import CharlmError
+from charlm.errors import CharlmError, missing_package
 
 if TYPE_CHECKING:
     from charlm.checkpoint import Loaded
-
-INSTALL = "charlm serve needs the web server extra: pip install -e '.[serve]'"
 
 
 @friendly
@@ -64,7 +62,7 @@ def serve(
         from charlm.serving import app as web
         from charlm.serving import server
     except ImportError:
-        raise CharlmError(INSTALL) from None
+        raise missing_package("charlm serve", ["starlette", "uvicorn"], "serve") from None
     import torch
 
     from charlm.checkpoint import load_model

@@ -15,8 +15,8 @@ from types import ModuleType
 
 from charlm import events as ev
 from charlm.config import Config
-from charlm.errors import CharlmError
-from charlm.loggers.base import Logger, RunContext, install_hint
+from charlm.errors import CharlmError, missing_package
+from charlm.loggers.base import Logger, RunContext
 
 __all__ = ["Loggers", "RunContext", "check_installed", "selected"]
 
@@ -45,10 +45,11 @@ def check_installed(config: Config) -> None:
 
 def _missing(config: Config, name: str, package: str) -> CharlmError:
     if name in config.train.loggers:
-        return install_hint(
-            f"train.loggers: {name}", package, name, f"remove {name} from train.loggers"
+        return missing_package(
+            f"train.loggers: {name}", [package], name, f"remove {name} from train.loggers"
         )
-    return install_hint("train.tensorboard: true", package, name, "set train.tensorboard=false")
+    remedy = "set train.tensorboard=false"
+    return missing_package("train.tensorboard: true", [package], name, remedy)
 
 
 def _reason(error: Exception) -> str:

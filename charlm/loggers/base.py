@@ -10,7 +10,6 @@ from typing import Any, Protocol
 
 from charlm import events as ev
 from charlm.config import Config, config_to_dict
-from charlm.errors import CharlmError
 from charlm.rundir import CONFIG_NAME, Summary, write_json
 
 # RUN/loggers.json: each tracker's id for the run, so that a resumed run continues it.
@@ -63,16 +62,6 @@ class RunContext:
         except (OSError, ValueError):
             state = {}
         write_json(path, {**(state if isinstance(state, dict) else {}), logger: value})
-
-
-def install_hint(source: str, package: str, extra: str, remedy: str) -> CharlmError:
-    """The one-line error for a logger whose package is missing: this checkout's extra, or the
-    package itself (never `pip install charlm[...]`: that name on the public index is another
-    project)."""
-    return CharlmError(
-        f"{source} needs the {package} package, which is not installed; install it with "
-        f"pip install {package} (or pip install -e '.[{extra}]' in the charlm checkout) or {remedy}"
-    )
 
 
 def flat_config(config: Config) -> dict[str, str]:
