@@ -65,9 +65,10 @@ def _resolve_files(spec: str, encoding: str) -> list[Path]:
     if path.is_symlink() and not path.exists():
         raise CharlmError(f"{spec}: is a broken symbolic link (data.corpus)")
     if not path.exists():
-        raise CharlmError(
-            f"{spec}: corpus not found (data.corpus); expected a file, folder or glob"
-        )
+        from charlm.fetch import fetch_hint
+
+        hint = fetch_hint(spec) or "expected a file, folder or glob"
+        raise CharlmError(f"{spec}: corpus not found (data.corpus); {hint}")
     if path.is_dir():
         candidates = [
             p

@@ -164,3 +164,20 @@ def _check(known: KnownCorpus, url: str, size: int, sha: str, total: int | None)
             f"{url}: the download does not match {known.name} (got {got}; expected "
             f"{known.size:,} bytes, SHA-256 {known.sha256}); nothing was saved"
         )
+
+
+def fetch_hint(corpus: str) -> str | None:
+    """For a missing corpus file named like a classic one: the `charlm data fetch` command that
+    puts it at that very path."""
+    import shlex
+
+    path = Path(corpus)
+    known = next((k for k in KNOWN.values() if k.filename == path.name), None)
+    if known is None:
+        return None
+    dest = "" if path.parent == Path("data") else f" --dest {shlex.quote(str(path.parent))}"
+    here = "" if path.is_absolute() else " (run in this folder)"
+    return (
+        f"get it with `charlm data fetch {known.name}{dest}`{here}, or set data.corpus=PATH "
+        f"to a copy"
+    )

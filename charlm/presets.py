@@ -70,20 +70,11 @@ def resolve_config(arg: str, experiments: bool = False) -> str:
 
 def check_corpus(corpus: str | None) -> None:
     """Refuse a missing classic corpus (the Tiny Shakespeare presets' data/tinyshakespeare.txt)
-    with the command that fetches it to that very path."""
-    import shlex
-
-    from charlm.fetch import KNOWN
+    before anything starts, with the command that fetches it to that very path."""
+    from charlm.fetch import fetch_hint
 
     if not corpus or any(ch in corpus for ch in "*?[") or Path(corpus).exists():
         return
-    path = Path(corpus)
-    known = next((k for k in KNOWN.values() if k.filename == path.name), None)
-    if known is None:
-        return
-    dest = "" if path.parent == Path("data") else f" --dest {shlex.quote(str(path.parent))}"
-    here = "" if path.is_absolute() else " (run in this folder)"
-    raise CharlmError(
-        f"{corpus}: corpus not found (data.corpus); get it with `charlm data fetch "
-        f"{known.name}{dest}`{here}, or set data.corpus=PATH to a copy"
-    )
+    hint = fetch_hint(corpus)
+    if hint is not None:
+        raise CharlmError(f"{corpus}: corpus not found (data.corpus); {hint}")

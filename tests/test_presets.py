@@ -86,6 +86,24 @@ def test_a_shakespeare_preset_without_its_corpus_says_how_to_get_it(
     assert result.stderr.count("\n") == 1 and not any(tmp_path.iterdir())
 
 
+def test_every_command_reading_a_missing_classic_corpus_names_the_fetch_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The corpus loader itself gives the hint, so `data prepare` (and eval, the API) do too."""
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["data", "prepare", "data/tinyshakespeare.txt"])
+    assert result.exit_code == 1
+    assert result.stderr == (
+        "error: data/tinyshakespeare.txt: corpus not found (data.corpus); get it with "
+        "`charlm data fetch tinyshakespeare` (run in this folder), or set data.corpus=PATH to a "
+        "copy\n"
+    )
+    result = runner.invoke(app, ["data", "prepare", "data/mine.txt"])
+    assert result.stderr == (
+        "error: data/mine.txt: corpus not found (data.corpus); expected a file, folder or glob\n"
+    )
+
+
 def test_train_takes_a_preset_by_name_in_any_folder(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, corpus: Path
 ) -> None:
