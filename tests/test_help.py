@@ -85,7 +85,7 @@ def test_root_help_lists_completion_options_without_types() -> None:
                     "<fp32|bf16|int8|auto>"]),
         ("eval", ["<cpu|cuda|mps|auto>", "<fp32|bf16|int8>", "<val|test|train>",
                   "<error|skip|replace>", "<fused|reference>"]),
-        ("serve", ["<cpu|cuda>", "<fp32|bf16|int8|auto>", "<error|skip|replace>"]),
+        ("serve", ["<cpu|cuda|mps>", "<fp32|bf16|int8|auto>", "<error|skip|replace>"]),
         ("export", ["<weights|onnx|torchscript>", "<fp32|bf16|fp16>"]),
     ],
 )  # fmt: skip
@@ -161,7 +161,7 @@ def test_a_missing_argument_is_named_by_its_metavar(
         ("sample x --precision fp16", "--precision 'fp16': expected one of fp32, bf16, int8, auto"),
         ("eval x --precision auto", "--precision 'auto': expected one of fp32, bf16, int8"),
         ("eval x --split dev", "--split 'dev': expected one of val, test, train"),
-        ("serve x --device mps", "--device 'mps': expected one of cpu, cuda"),
+        ("serve x --device auto", "--device 'auto': expected one of cpu, cuda, mps"),
         ("export x -f zip -o y", "--format 'zip': expected one of weights, onnx, torchscript"),
         (
             "export x -f weights -o y --dtype int8",

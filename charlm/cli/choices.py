@@ -16,7 +16,7 @@ SamplePrecision = Literal["fp32", "bf16", "int8", "auto"]
 # Where --device reaches charlm.model.resolve_device (through load_model), which decides what
 # this machine has; `auto` picks there too (sample: the faster of CPU and GPU, timed).
 Device = Literal["cpu", "cuda", "mps", "auto"]
-ServeDevice = Literal["cpu", "cuda"]  # charlm serve checks its own two
+ServeDevice = Literal["cpu", "cuda", "mps"]  # charlm serve checks its own (no `auto`)
 Split = Literal["val", "test", "train"]
 ExportFormat = Literal["weights", "onnx", "torchscript"]  # charlm.export.FORMATS
 ExportDtype = Literal["fp32", "bf16", "fp16"]  # charlm.export.DTYPES

@@ -79,6 +79,7 @@ def sample(
     stop: list[str] | None = typer.Option(
         None,
         "--stop",
+        metavar="<str>",
         help="Stop a sample once it produces this text (printed); repeatable; \\n, \\t known.",
         show_default=False,
     ),
