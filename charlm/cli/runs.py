@@ -46,7 +46,9 @@ def compare(
         autocompletion=complete_run,
     ),
     plot: Path | None = typer.Option(
-        None, "--plot", help="Also draw val bpc against step and time into this PNG."
+        None,
+        "--plot",
+        help="Also draw val bpc (and, faint, train bpc) against step and time into this PNG.",
     ),
     log_x: bool = typer.Option(False, "--log-x", help="Plot steps and time on a log scale."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object to stdout."),

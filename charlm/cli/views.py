@@ -17,7 +17,9 @@ from rich.markup import escape
 
 from charlm.cli.fit import Cell, Fitted, Grid, text, whole
 
-err = Console(stderr=True, highlight=False)
+# Messages and log lines are never hard-wrapped at the console's width (a file or a pipe gets one
+# line per message, whatever its length); tables still fit the width.
+err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def show_warning(
