@@ -100,7 +100,7 @@ class Trainer(RunEnd):
         )  # fmt: skip
         # On a GPU (and under torchrun) the finiteness of each step is recorded on the device and
         # read where the loop waits anyway: metrics lines, evals, saves (see `_agree`).
-        later = self.device.type == "cuda" or self.dist.enabled
+        later = self.device.type != "cpu" or self.dist.enabled
         self.deferred = DeferredCheck(self.device) if later else None
         self.parts = self._parts(averaged)
         self.last_checkpoint: Path | None = None

@@ -24,7 +24,7 @@ from charlm.config import Config, config_to_dict
 from charlm.distributed import Dist
 from charlm.errors import CharlmError
 from charlm.evaluate import EvalResult
-from charlm.model import CharLM, State
+from charlm.model import CharLM, State, mps_available
 from charlm.precision import TrainPrecision
 from charlm.vocab import Vocab
 
@@ -182,7 +182,7 @@ class Batcher:
 
 
 class Rng:
-    """Every random stream: Python's, NumPy's, torch's CPU one and each GPU's."""
+    """Every random stream: Python's, NumPy's, torch's CPU one and each GPU's (CUDA, mps)."""
 
     def save(self) -> tuple[Tensors, Record]:
         np_state = np.random.get_state()
@@ -191,6 +191,8 @@ class Rng:
         if torch.cuda.is_available():
             for i, s in enumerate(torch.cuda.get_rng_state_all()):
                 tensors[f"rng/cuda{i}"] = s
+        if mps_available():
+            tensors["rng/mps"] = torch.mps.get_rng_state()
         record = {
             "python": [py[0], list(py[1]), py[2]],
             "numpy": [np_state[0], np_state[1].tolist(), *[float(v) for v in np_state[2:]]],
@@ -198,7 +200,7 @@ class Rng:
         return tensors, {"rng": record}
 
     def load(self, checkpoint: ckpt.Checkpoint) -> None:
-        """Put back every random state a checkpoint holds (CUDA ones only for GPUs present)."""
+        """Put back every random state a checkpoint holds (GPU ones only for GPUs present)."""
         record, tensors = checkpoint.record["rng"], checkpoint.group("rng")
         version, internal, gauss = record["python"]
         random.setstate((version, tuple(internal), gauss))
@@ -211,6 +213,8 @@ class Rng:
             for i in range(torch.cuda.device_count()):
                 if f"cuda{i}" in tensors:
                     torch.cuda.set_rng_state(tensors[f"cuda{i}"], i)
+        if "mps" in tensors and mps_available():
+            torch.mps.set_rng_state(tensors["mps"])
 
 
 @dataclass

@@ -159,16 +159,22 @@ class DeferredCheck:
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
-        self.first_bad = torch.zeros(3, dtype=torch.float64, device=device)
+        wide = torch.float32 if device.type == "mps" else torch.float64  # mps has no float64
+        self.first_step = torch.zeros((), dtype=torch.int64, device=device)  # 0: none yet
+        self.first_values = torch.zeros(2, dtype=wide, device=device)  # its loss and norm
 
     def record(self, done: Backward, step: int) -> None:
         """Keep (step, loss, norm) if `done` is not finite and nothing was recorded before."""
-        bad = ~done.finite & (self.first_bad[0] == 0)
-        number = torch.full((), step, dtype=torch.float64, device=self.device)
-        now = torch.stack([number, done.loss.double(), done.norm.to(self.device).double()])
-        self.first_bad.copy_(torch.where(bad, now, self.first_bad))
+        bad = ~done.finite & (self.first_step == 0)
+        wide = self.first_values.dtype
+        now = torch.stack([done.loss.to(wide), done.norm.to(self.device, wide)])
+        self.first_values.copy_(torch.where(bad, now, self.first_values))
+        self.first_step.masked_fill_(bad, step)
 
     def first(self) -> tuple[int, float, float] | None:
         """-> (step, loss, norm) of the first non-finite step recorded, or None (a host sync)."""
-        step, loss, norm = self.first_bad.tolist()
-        return (int(step), loss, norm) if step else None
+        step = int(self.first_step)
+        if not step:
+            return None
+        loss, norm = self.first_values.tolist()
+        return step, loss, norm
