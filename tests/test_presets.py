@@ -74,6 +74,18 @@ def test_charlm_presets_lists_each_with_its_description() -> None:
     assert "charlm sweep NAME:" in lines
 
 
+def test_on_a_terminal_the_preset_list_wraps_each_description_under_itself() -> None:
+    from charlm.cli.presets import listing
+
+    configs, experiments = list_presets(), list_presets(experiments=True)
+    wrapped = listing(configs, experiments, columns=60)
+    assert all(len(line) < 60 for line in "\n".join(wrapped).splitlines())
+    assert len("\n".join(wrapped).splitlines()) > len(listing(configs, experiments))
+    words = " ".join(" ".join(wrapped).split())
+    for preset in [*configs, *experiments]:
+        assert f"{preset.name} {' '.join(preset.description.split())}" in words
+
+
 @pytest.mark.parametrize("argv", [["train", "shakespeare-lstm"], ["sweep", "lstm-vs-gru"]])
 def test_a_shakespeare_preset_without_its_corpus_says_how_to_get_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, argv: list[str]
