@@ -26,6 +26,8 @@ def test_sweep_banner_gives_the_budget_each_run_gets() -> None:
     both = ["train.max_steps=1500", "train.max_time=90.5"]
     banner = sweep_banner(load_experiment(experiment, both), Path("runs/x"), both)
     assert "1,500 steps or 90.5 s each, whichever comes first:" in banner
+    by_name = sweep_banner(load_experiment(experiment, short), Path("runs/x"), short, "lstm-vs-gru")
+    assert by_name.startswith("sweep lstm-vs-gru: 2 runs into runs/x, 20 s each")
 
 
 def test_cli_sweep_starts_with_the_budget(tmp_path: Path) -> None:

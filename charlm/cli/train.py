@@ -200,12 +200,12 @@ def sweep(
     path, overrides = split_train_args(args)
     if path is None:
         raise CharlmError("expected an EXPERIMENT file before the KEY=VALUE overrides")
-    path = resolve_config(path, experiments=True)
+    shown, path = path, resolve_config(path, experiments=True)  # a preset shows by its name
     experiment = load_experiment(path, overrides)
     for planned in experiment.runs:
         check_corpus(planned.config.data.corpus)
     folder = out if out is not None else default_sweep_dir(path)
-    say(sweep_banner(experiment, folder, overrides))
+    say(sweep_banner(experiment, folder, overrides, shown))
     view = SweepView(plain=quiet or not err.is_terminal)
     keep_freed_memory()
     try:
@@ -219,7 +219,7 @@ def sweep(
         raise typer.Exit(stop.exit_code) from None
     finally:
         view.close()
-    table_console().print(comparison_table(compare_runs(result.runs), f"charlm sweep: {path}"))
+    table_console().print(comparison_table(compare_runs(result.runs), f"charlm sweep: {shown}"))
     if result.plot is not None:
         say(f"plot: {result.plot}")
 
@@ -228,16 +228,20 @@ def _duration(seconds: float) -> str:
     return f"{seconds / 60:g} min" if seconds >= 120 and seconds % 60 == 0 else f"{seconds:g} s"
 
 
-def sweep_banner(experiment: Experiment, folder: Path, overrides: list[str]) -> str:
+def sweep_banner(
+    experiment: Experiment, folder: Path, overrides: list[str], shown: str | None = None
+) -> str:
     """The line a sweep starts with: its runs and the budget each one actually gets (the file's
     `set:` after the command line's overrides). The file's description follows only without
-    overrides, which may contradict it ("five minutes each" under train.max_time=20)."""
+    overrides, which may contradict it ("five minutes each" under train.max_time=20). `shown`
+    names the experiment as the user did (a preset's name rather than its installed path)."""
     train = experiment.runs[0].config.train  # the budget is shared: it cannot be swept
     budget = [f"{train.max_steps:,} steps"] if train.max_steps is not None else []
     budget += [_duration(train.max_time)] if train.max_time is not None else []
     each = " or ".join(budget) + (" each, whichever comes first" if len(budget) > 1 else " each")
     names = ", ".join(run.name for run in experiment.runs)
-    line = f"sweep {experiment.path}: {len(experiment.runs)} runs into {folder}, {each}: {names}"
+    what = shown or experiment.path
+    line = f"sweep {what}: {len(experiment.runs)} runs into {folder}, {each}: {names}"
     return line + (
         f"\n{experiment.description}" if experiment.description and not overrides else ""
     )
