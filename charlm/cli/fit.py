@@ -122,14 +122,10 @@ def column_widths(grid: Grid, width: int) -> list[int] | None:
 
 
 def build_table(grid: Grid, widths: list[int] | None) -> Table:
-    """The Rich table of `grid`, with the given column widths (None: Rich's, folding any cut)."""
-    table = Table(
-        title=grid.title or None,
-        caption=grid.caption or None,
-        title_justify="left",
-        caption_justify="left",
-        show_header=grid.show_header,
-    )
+    """The Rich table of `grid`, with the given column widths (None: Rich's, folding any cut).
+    Its title and caption are not part of it: they are lines of their own (`Fitted`), so a
+    narrow table does not wrap them."""
+    table = Table(show_header=grid.show_header)
     for i, cell in enumerate(grid.header):
         table.add_column(
             cell.markup if grid.show_header else None,
@@ -183,19 +179,23 @@ class Fitted:
             found += _splits_to_fit(turned, width, self.grid.rows_are)
         return found or _splits_to_fit(self.grid, width, "columns")
 
-    def tables(self, console: Console, options: ConsoleOptions) -> list[Table]:
-        """The tables of the layout that takes the fewest lines at this width."""
+    def tables(self, console: Console, options: ConsoleOptions) -> list[tuple[Grid, Table]]:
+        """The tables of the layout that takes the fewest lines at this width, with their grids."""
         width = options.max_width
-        best: tuple[int, list[Table]] | None = None
+        best: tuple[int, list[tuple[Grid, Table]]] | None = None
         for grids in self.layouts(width):
-            tables = [build_table(g, column_widths(g, width)) for g in grids]
-            lines = sum(len(console.render_lines(t, options, pad=False)) + 1 for t in tables)
+            tables = [(g, build_table(g, column_widths(g, width))) for g in grids]
+            lines = sum(len(console.render_lines(t, options, pad=False)) + 1 for _, t in tables)
             if best is None or lines < best[0]:
                 best = (lines, tables)
-        return best[1] if best is not None else [build_table(self.grid, None)]
+        return best[1] if best is not None else [(self.grid, build_table(self.grid, None))]
 
     def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
-        for i, table in enumerate(self.tables(console, options)):
+        for i, (grid, table) in enumerate(self.tables(console, options)):
             if i:
                 yield Text("")
+            if grid.title:
+                yield Text.from_markup(grid.title)
             yield table
+            if grid.caption:
+                yield Text.from_markup(grid.caption)
