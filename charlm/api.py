@@ -38,6 +38,7 @@ def load(
     `charlm sample --threads`.
     """
     from charlm.checkpoint import load_model
+    from charlm.model import check_device
     from charlm.precision import check_precision
     from charlm.sample_options import SampleOptions
     from charlm.sample_setup import (
@@ -49,8 +50,7 @@ def load(
 
     check_precision(precision)
     check_threads(threads)
-    if device not in ("cpu", "cuda", "mps", "auto"):
-        raise CharlmError(f"--device {device!r}: expected cpu, cuda, mps or auto")
+    check_device(device)
     loaded = load_model(source, "cpu" if device == "auto" else device, impl)
     options = SampleOptions(precision=precision)
     with sampling_threads(loaded.model, options, threads):

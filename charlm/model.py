@@ -162,6 +162,15 @@ DEVICES = ("auto", "cpu", "cuda", "mps")
 """What train.device and --device take: `mps` is an Apple GPU (Metal)."""
 
 
+def check_device(name: str, option: str = "--device", allowed: tuple[str, ...] = DEVICES) -> None:
+    """Refuse a device name that is not one of `allowed`, before anything loads."""
+    from charlm.errors import CharlmError
+
+    if name not in allowed:
+        expected = ", ".join(allowed[:-1]) + f" or {allowed[-1]}"
+        raise CharlmError(f"{option} {name!r}: expected {expected}")
+
+
 def mps_available() -> bool:
     """Whether torch can use an Apple GPU here (False on other machines and builds)."""
     mps = getattr(torch.backends, "mps", None)
@@ -184,8 +193,7 @@ def resolve_device(name: str) -> torch.device:
     error naming the devices that are."""
     from charlm.errors import CharlmError
 
-    if name not in DEVICES:
-        raise CharlmError(f"device {name!r}: expected auto, cpu, cuda or mps")
+    check_device(name, "device")
     if name == "auto":
         return torch.device(accelerator() or "cpu")
     here = available_devices()

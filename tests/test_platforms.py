@@ -201,7 +201,7 @@ def test_loading_for_mps_where_there_is_none_is_one_clear_error(
     gpus(False, False)
     with pytest.raises(CharlmError, match=r"'mps' .*no Apple GPU"):
         charlm.load(trained_run, device="mps")
-    with pytest.raises(CharlmError, match=r"--device 'gpu': expected cpu, cuda, mps or auto"):
+    with pytest.raises(CharlmError, match=r"--device 'gpu': expected auto, cpu, cuda or mps"):
         charlm.load(trained_run, device="gpu")
 
 

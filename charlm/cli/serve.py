@@ -66,6 +66,7 @@ def serve(
     import torch
 
     from charlm.checkpoint import load_model
+    from charlm.model import check_device
     from charlm.precision import check_precision
     from charlm.sample_setup import check_threads
     from charlm.serving.engine import Engine
@@ -76,8 +77,7 @@ def serve(
     check_unknown_policy(unknown)
     check_precision(precision)
     check_threads(threads)
-    if device not in ("cpu", "cuda", "mps"):
-        raise CharlmError(f"--device {device!r}: expected cpu, cuda or mps")
+    check_device(device, allowed=("cpu", "cuda", "mps"))  # one server, one named device
     torch.set_num_threads(threads or 1)
     loaded = load_model(run, device)
     if precision == "auto":
