@@ -212,6 +212,57 @@ def mlflow_default_uri() -> str:
     return mlflow.get_tracking_uri()
 
 
+def test_mlflow_calls_leave_the_training_loop_at_once_and_keep_their_order() -> None:
+    pytest.importorskip("mlflow", reason="the mlflow extra is not installed")
+    import threading
+
+    from charlm.loggers.mlflow import Sender
+
+    sender, done, gate = Sender(), [], threading.Event()
+    sender.submit(gate.wait)  # a store that does not answer yet
+    for i in range(5):
+        sender.submit(lambda i=i: done.append(i))  # returns although the first call still waits
+    assert done == []
+    gate.set()
+    sender.finish()
+    assert done == [0, 1, 2, 3, 4] and not sender.thread.is_alive()
+
+    failing = Sender()
+    failing.submit(lambda: 1 / 0)
+    failing.thread.join(5)
+    assert not failing.thread.is_alive()  # the first failure ends the thread
+    with pytest.raises(ZeroDivisionError):
+        failing.submit(lambda: done.append("never"))  # raised to the loop at its next call
+    with pytest.raises(ZeroDivisionError):
+        failing.finish()
+    assert "never" not in done
+
+
+def test_an_mlflow_store_failing_mid_run_is_warned_once_and_the_run_finishes(
+    tmp_path: Path, corpus_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("mlflow", reason="the mlflow extra is not installed")
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+
+    def full(self: MlflowClient, run_id: str, metrics: Any = (), **kwargs: Any) -> None:
+        if metrics:
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(MlflowClient, "log_batch", full)  # params still go in: start works
+    events: list[ev.Event] = []
+    config = tiny_config(corpus_file, **TEN_STEPS, **{"train.loggers": "[mlflow]"})
+    result = train(config, tmp_path / "run", events.append)
+    assert result.steps == 10
+    warnings = [e.message for e in events if isinstance(e, ev.Warned)]
+    assert len(warnings) == 1 and warnings[0].startswith("mlflow logging ")
+    assert "No space left on device" in warnings[0]
+    summary = read_summary(tmp_path / "run")
+    assert summary is not None and summary.status == "finished"
+
+
 def test_unreachable_tracking_server_is_warned_and_the_run_goes_on(
     tmp_path: Path, corpus_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
