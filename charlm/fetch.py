@@ -81,6 +81,10 @@ def fetch(
     target = Path(dest) / known.filename
     if _matches(target, known):
         return target, False
+    folder = Path(dest)
+    file = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+    if file is not None:  # refused before anything is downloaded
+        raise CharlmError(f"{folder}: {file} is a file; expected a folder to save in (--dest)")
     try:
         with urllib.request.urlopen(url, timeout=timeout) as response:
             _save(response, target, known, url, progress or (lambda done, total: None))

@@ -339,6 +339,21 @@ def test_a_failed_fetch_creates_no_folder_and_keeps_those_there_before(
     assert there.is_dir() and list(there.iterdir()) == []  # kept as it was: empty
 
 
+def test_a_fetch_into_a_file_is_refused_before_downloading(
+    server: _Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "afile").write_text("mine")
+    asked: list[str] = []
+    monkeypatch.setattr("urllib.request.urlopen", lambda url, **kw: asked.append(url))
+    for dest in (tmp_path / "afile", tmp_path / "afile" / "deeper"):
+        with pytest.raises(CharlmError) as refused:
+            fetch("tiny", dest, server.url + "/good")
+        assert str(refused.value) == (
+            f"{dest}: {tmp_path / 'afile'} is a file; expected a folder to save in (--dest)"
+        )
+    assert asked == [] and (tmp_path / "afile").read_text() == "mine"
+
+
 def test_cli_fetch_draws_a_bar_on_a_terminal_and_one_line_after(
     server: _Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
