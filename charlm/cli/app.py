@@ -16,7 +16,7 @@ import signal
 import sys
 import warnings
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import typer
 from typer.core import TyperCommand, TyperGroup
@@ -164,12 +164,14 @@ def _version(value: bool) -> None:
         raise typer.Exit()
 
 
+Version = Annotated[
+    bool,
+    typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit."),
+]
+
+
 @app.callback()
-def root(
-    version: bool = typer.Option(
-        False, "--version", callback=_version, is_eager=True, help="Show the version and exit."
-    ),
-) -> None:
+def root(version: Version = False) -> None:
     """Train, sample and evaluate character-level LSTM and GRU language models."""
 
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Annotated
 
 import typer
 from rich.console import Console
 
 from charlm.cli.app import HELP_SETTINGS, CharlmCommand, CharlmGroup, friendly, split_train_args
 from charlm.cli.complete import complete_corpus_name
+from charlm.cli.options import JsonOption
 from charlm.cli.views import corpus_table, err
 
 data_app = typer.Typer(
@@ -20,18 +22,22 @@ data_app = typer.Typer(
 )
 
 
+Opt = typer.Option
+PREPARE_HELP = (
+    "A file, folder or glob (default: data.corpus, else the built-in corpus), then dotted "
+    "overrides such as data.min_char_count=5."
+)
+PrepareArgs = Annotated[
+    list[str] | None,
+    typer.Argument(metavar="[CORPUS] [KEY=VALUE]...", help=PREPARE_HELP, show_default=False),
+]
+StartConfig = Annotated[Path | None, Opt("--config", "-c", help="A YAML config to start from.")]
+
+
 @data_app.command("prepare", cls=CharlmCommand)
 @friendly
 def data_prepare(
-    args: list[str] = typer.Argument(
-        None,
-        metavar="[CORPUS] [KEY=VALUE]...",
-        help="A file, folder or glob (default: data.corpus, else the built-in corpus), then "
-        "dotted overrides such as data.min_char_count=5.",
-        show_default=False,
-    ),
-    config: Path | None = typer.Option(None, "--config", "-c", help="A YAML config to start from."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object to stdout."),
+    args: PrepareArgs = None, config: StartConfig = None, as_json: JsonOption = False
 ) -> None:
     """Encode a corpus into its id cache (or check the cache is current) and show statistics."""
     from charlm.cache import corpus_statistics, prepare_corpus
@@ -48,15 +54,18 @@ def data_prepare(
     Console(highlight=False).print(corpus_table(report))
 
 
+CorpusName = Annotated[
+    str, typer.Argument(help="The corpus: tinyshakespeare.", autocompletion=complete_corpus_name)
+]
+Url = Annotated[str | None, Opt("--url", help="Download from here instead.")]
+Dest = Annotated[Path, Opt("--dest", help="Folder to save it in.")]
+Timeout = Annotated[float, Opt("--timeout", help="Network timeout in seconds.")]
+
+
 @data_app.command("fetch", cls=CharlmCommand)
 @friendly
 def data_fetch(
-    name: str = typer.Argument(
-        ..., help="The corpus: tinyshakespeare.", autocompletion=complete_corpus_name
-    ),
-    url: str | None = typer.Option(None, "--url", help="Download from here instead."),
-    dest: Path = typer.Option(Path("data"), "--dest", help="Folder to save it in."),
-    timeout: float = typer.Option(30.0, "--timeout", help="Network timeout in seconds."),
+    name: CorpusName, url: Url = None, dest: Dest = Path("data"), timeout: Timeout = 30.0
 ) -> None:
     """Download a classic corpus, verified by length and SHA-256 (a mismatch saves nothing)."""
     from rich.progress import (

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
 from charlm.cli.app import friendly
 from charlm.cli.complete import complete_run
+from charlm.cli.options import JsonOption
 from charlm.cli.views import comparison_table, err, print_info, runs_table, table_console
 from charlm.errors import CharlmError
 
@@ -18,11 +20,13 @@ def warn(message: str) -> None:
     err.print(f"warning: {message}", markup=False, soft_wrap=True)
 
 
+Opt = typer.Option
+Folder = Annotated[Path, typer.Argument(help="A folder of runs (searched recursively).")]
+JsonList = Annotated[bool, Opt("--json", help="Print a JSON list to stdout.")]
+
+
 @friendly
-def runs(
-    folder: Path = typer.Argument(Path("runs"), help="A folder of runs (searched recursively)."),
-    as_json: bool = typer.Option(False, "--json", help="Print a JSON list to stdout."),
-) -> None:
+def runs(folder: Folder = Path("runs"), as_json: JsonList = False) -> None:
     """A table of the runs under a folder: cell, size, steps, time, best val bpc, status."""
     from charlm.runs import find_runs
 
@@ -36,22 +40,20 @@ def runs(
     table_console().print(runs_table(folder, found))
 
 
+RUNS_HELP = "Run folders, or folders of runs (a sweep's --out folder)."
+Runs = Annotated[
+    list[str],
+    typer.Argument(metavar="RUN...", help=RUNS_HELP, show_default=False,
+                   autocompletion=complete_run),
+]  # fmt: skip
+PLOT_HELP = "Also draw val bpc (and, faint, train bpc) against step and time into this PNG."
+Plot = Annotated[Path | None, Opt("--plot", help=PLOT_HELP)]
+LogX = Annotated[bool, Opt("--log-x", help="Plot steps and time on a log scale.")]
+
+
 @friendly
 def compare(
-    run_args: list[str] = typer.Argument(
-        ...,
-        metavar="RUN...",
-        help="Run folders, or folders of runs (a sweep's --out folder).",
-        show_default=False,
-        autocompletion=complete_run,
-    ),
-    plot: Path | None = typer.Option(
-        None,
-        "--plot",
-        help="Also draw val bpc (and, faint, train bpc) against step and time into this PNG.",
-    ),
-    log_x: bool = typer.Option(False, "--log-x", help="Plot steps and time on a log scale."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object to stdout."),
+    run_args: Runs, plot: Plot = None, log_x: LogX = False, as_json: JsonOption = False
 ) -> None:
     """The config keys that differ between runs, and their results side by side."""
     from charlm.runs import collect_runs, compare_runs
@@ -77,13 +79,15 @@ def compare(
         err.print(f"plot: {plot}", markup=False)
 
 
+Target = Annotated[
+    Path,
+    typer.Argument(metavar="RUN|CHECKPOINT", help="A run folder or a file.",
+                   autocompletion=complete_run),
+]  # fmt: skip
+
+
 @friendly
-def info(
-    target: Path = typer.Argument(
-        ..., metavar="RUN|CHECKPOINT", help="A run folder or a file.", autocompletion=complete_run
-    ),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object to stdout."),
-) -> None:
+def info(target: Target, as_json: JsonOption = False) -> None:
     """Step, time trained, sizes, scores and config of a run, and whether each checkpoint is
     intact (exit code 1 when none is)."""
     from charlm.info import describe

@@ -10,14 +10,21 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
 
 from charlm.cli.app import friendly
-from charlm.cli.choices import Device, Impl, Precision, SamplePrecision, Split, Unknown
-from charlm.cli.complete import complete_run
+from charlm.cli.choices import Device, Precision, Split
+from charlm.cli.options import (
+    ImplOption,
+    JsonOption,
+    PrecisionOption,
+    RunArg,
+    UnknownInCorpus,
+    UnknownInPrime,
+)
 from charlm.cli.views import err, eval_files_table, eval_table
 from charlm.errors import CharlmError
 
@@ -27,81 +34,75 @@ if TYPE_CHECKING:
     from charlm.checkpoint import Loaded
     from charlm.sample_options import SampleOptions
 
-UNKNOWN_HELP = (
-    "Characters of the {what} outside the model's vocabulary: error (name them and stop), skip "
-    "(drop them) or replace (use the unknown symbol of a model trained with "
-    "data.min_char_count > 1)."
-)
-IMPL_HELP = (
-    "Run the weights on `fused` (nn.LSTM/nn.GRU) or `reference` (charlm/cells.py) "
-    "cells; default: the one the model was trained with."
-)
-RUN_HELP = "A run folder (best checkpoint, else last) or a checkpoint."
-PRECISION_HELP = (
-    "fp32; bf16: matrix products in bfloat16 (probabilities move by about 1%); int8: "
-    "weights in 8 bits, CPU only; auto: times a few steps in each and takes the fastest, if "
-    "1.1x fp32's speed or more (named on stderr). Any but fp32 can change a seed's text; "
-    "`charlm eval RUN --precision P` shows what one costs your model."
-)
 PRIME_FILE_HELP = "Start from this file's text (UTF-8) instead of --prime."
 THREADS_HELP = (
     "CPU threads for the steps. Default: 1 for a single sample (fastest on a busy "
     "machine), all cores for batches; 2 or more can speed up a wide model's single "
     "sample when cores are idle."
 )
+STOP_HELP = "Stop a sample once it produces this text (printed); repeatable; \\n, \\t known."
+DEVICE_HELP = (
+    "Where to sample; auto: whichever of the CPU and the GPU runs a sampling step faster at this "
+    "batch (timed; named on stderr)."
+)
+Opt = typer.Option
+Length = Annotated[
+    int, Opt("--length", "-n", help="New characters per sample (the most, with --stop).")
+]
+Temperature = Annotated[
+    float | None,
+    Opt("--temperature", "-t", help="Softmax temperature (default 1); 0 is greedy (argmax).",
+        show_default=False),
+]  # fmt: skip
+TopK = Annotated[int | None, Opt("--top-k", help="Sample only from the k likeliest.")]
+TopP = Annotated[
+    float | None,
+    Opt("--top-p", help="Sample only from the smallest set with this much probability."),
+]
+Prime = Annotated[str, Opt("--prime", "-p", help="Text to start from (printed first).")]
+PrimeFile = Annotated[Path | None, Opt("--prime-file", help=PRIME_FILE_HELP)]
+Seed = Annotated[int | None, Opt("--seed", "-s", help="Seed: the same seed, the same text.")]
+NumSamples = Annotated[
+    int,
+    Opt("--num-samples", help="How many samples, drawn in one batch (with --beam: the best N)."),
+]
+Stops = Annotated[
+    list[str] | None, Opt("--stop", metavar="<str>", help=STOP_HELP, show_default=False)
+]
+Beam = Annotated[
+    int | None,
+    Opt("--beam", help="Beam search of this width for the likeliest text (no sampling)."),
+]
+SampleJson = Annotated[
+    bool, Opt("--json", help="One JSON object per sample (text, chars, log-likelihood).")
+]
+Interactive = Annotated[
+    bool, Opt("--interactive", "-i", help="Read primes line by line from stdin; Ctrl-D ends.")
+]
+SampleDevice = Annotated[Device, Opt("--device", help=DEVICE_HELP)]
+Threads = Annotated[int | None, Opt("--threads", help=THREADS_HELP, show_default=False)]
 
 
 @friendly
 def sample(
-    run: Path = typer.Argument(..., help=RUN_HELP, autocompletion=complete_run),
-    length: int = typer.Option(
-        500, "--length", "-n", help="New characters per sample (the most, with --stop)."
-    ),
-    temperature: float | None = typer.Option(
-        None,
-        "--temperature",
-        "-t",
-        help="Softmax temperature (default 1); 0 is greedy (argmax).",
-        show_default=False,
-    ),
-    top_k: int | None = typer.Option(None, "--top-k", help="Sample only from the k likeliest."),
-    top_p: float | None = typer.Option(
-        None, "--top-p", help="Sample only from the smallest set with this much probability."
-    ),
-    prime: str = typer.Option("", "--prime", "-p", help="Text to start from (printed first)."),
-    prime_file: Path | None = typer.Option(None, "--prime-file", help=PRIME_FILE_HELP),
-    seed: int | None = typer.Option(
-        None, "--seed", "-s", help="Seed: the same seed, the same text."
-    ),
-    num_samples: int = typer.Option(
-        1, "--num-samples", help="How many samples, drawn in one batch (with --beam: the best N)."
-    ),
-    stop: list[str] | None = typer.Option(
-        None,
-        "--stop",
-        metavar="<str>",
-        help="Stop a sample once it produces this text (printed); repeatable; \\n, \\t known.",
-        show_default=False,
-    ),
-    beam: int | None = typer.Option(
-        None, "--beam", help="Beam search of this width for the likeliest text (no sampling)."
-    ),
-    as_json: bool = typer.Option(
-        False, "--json", help="One JSON object per sample (text, chars, log-likelihood)."
-    ),
-    interactive: bool = typer.Option(
-        False, "--interactive", "-i", help="Read primes line by line from stdin; Ctrl-D ends."
-    ),
-    device: Device = typer.Option(
-        "auto",
-        "--device",
-        help="Where to sample; auto: whichever of the CPU and the GPU runs a sampling step "
-        "faster at this batch (timed; named on stderr).",
-    ),
-    unknown: Unknown = typer.Option("error", "--unknown", help=UNKNOWN_HELP.format(what="prime")),
-    impl: Impl | None = typer.Option(None, "--impl", help=IMPL_HELP),
-    precision: SamplePrecision = typer.Option("fp32", "--precision", help=PRECISION_HELP),
-    threads: int | None = typer.Option(None, "--threads", help=THREADS_HELP, show_default=False),
+    run: RunArg,
+    length: Length = 500,
+    temperature: Temperature = None,
+    top_k: TopK = None,
+    top_p: TopP = None,
+    prime: Prime = "",
+    prime_file: PrimeFile = None,
+    seed: Seed = None,
+    num_samples: NumSamples = 1,
+    stop: Stops = None,
+    beam: Beam = None,
+    as_json: SampleJson = False,
+    interactive: Interactive = False,
+    device: SampleDevice = "auto",
+    unknown: UnknownInPrime = "error",
+    impl: ImplOption = None,
+    precision: PrecisionOption = "fp32",
+    threads: Threads = None,
 ) -> None:
     """Print the prime followed by exactly --length new characters to stdout, as they come."""
     from charlm.checkpoint import load_model
@@ -284,35 +285,38 @@ def prompt_loop(write: Callable[..., None]) -> None:
         sys.stdout.flush()
 
 
+EVAL_PRECISION_HELP = (
+    "Score through the sampling steps with their products in this precision: what `charlm "
+    "sample --precision` costs the model. Default: the model's own forward."
+)
+WINDOW_HELP = (
+    "Score fresh windows of N characters, each from a zero state, instead of the carried state "
+    "(256 scores the way nanoGPT's shakespeare_char does)."
+)
+EvalCorpus = Annotated[
+    Path | None, Opt("--corpus", help="Score this text file or folder instead of a split.")
+]
+EvalSplit = Annotated[Split, Opt("--split", help="Which split of the run's corpus.")]
+EvalDevice = Annotated[
+    Device, Opt("--device", help="Where to score; auto: the GPU if there is one (int8: the CPU).")
+]
+EvalPrecision = Annotated[
+    Precision | None, Opt("--precision", help=EVAL_PRECISION_HELP, show_default=False)
+]
+Window = Annotated[int | None, Opt("--window", help=WINDOW_HELP, show_default=False)]
+
+
 @friendly
 def eval_command(
-    run: Path = typer.Argument(..., help=RUN_HELP, autocompletion=complete_run),
-    corpus: Path | None = typer.Option(
-        None, "--corpus", help="Score this text file or folder instead of a split."
-    ),
-    split: Split = typer.Option("val", "--split", help="Which split of the run's corpus."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object to stdout."),
-    device: Device = typer.Option(
-        "auto", "--device", help="Where to score; auto: the GPU if there is one (int8: the CPU)."
-    ),
-    unknown: Unknown = typer.Option(
-        "error", "--unknown", help=UNKNOWN_HELP.format(what="--corpus")
-    ),
-    impl: Impl | None = typer.Option(None, "--impl", help=IMPL_HELP),
-    precision: Precision | None = typer.Option(
-        None,
-        "--precision",
-        help="Score through the sampling steps with their products in this precision: "
-        "what `charlm sample --precision` costs the model. Default: the model's own forward.",
-        show_default=False,
-    ),
-    window: int | None = typer.Option(
-        None,
-        "--window",
-        help="Score fresh windows of N characters, each from a zero state, instead of the "
-        "carried state (256 scores the way nanoGPT's shakespeare_char does).",
-        show_default=False,
-    ),
+    run: RunArg,
+    corpus: EvalCorpus = None,
+    split: EvalSplit = "val",
+    as_json: JsonOption = False,
+    device: EvalDevice = "auto",
+    unknown: UnknownInCorpus = "error",
+    impl: ImplOption = None,
+    precision: EvalPrecision = None,
+    window: Window = None,
 ) -> None:
     """Mean loss (nats/char), bits per char and perplexity of a model on a split or a file.
 

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from charlm.cli.app import friendly
-from charlm.cli.choices import SamplePrecision, ServeDevice, Unknown
-from charlm.cli.complete import complete_run
-from charlm.cli.sample import PRECISION_HELP, RUN_HELP, UNKNOWN_HELP
+from charlm.cli.choices import ServeDevice
+from charlm.cli.options import PrecisionOption, RunArg, UnknownInPrompts
 from charlm.cli.views import err
 from charlm.errors import CharlmError, missing_package
 
@@ -19,39 +18,53 @@ if TYPE_CHECKING:
     from charlm.checkpoint import Loaded
 
 
+Opt = typer.Option
+Host = Annotated[
+    str, Opt("--host", help="Address to bind; any but loopback is reachable (warned).")
+]
+Port = Annotated[int, Opt("--port", help="TCP port.")]
+MaxBatch = Annotated[int, Opt("--max-batch", help="Streams stepped together, at most.")]
+MaxQueue = Annotated[
+    int, Opt("--max-queue", help="Streams waiting for a batch slot; past it requests get 429.")
+]
+ApiKey = Annotated[
+    str | None,
+    Opt("--api-key", envvar="CHARLM_API_KEY", show_default=False,
+        help="Require 'Authorization: Bearer KEY' on every route but /health and the page."),
+]  # fmt: skip
+MaxTokens = Annotated[int, Opt("--max-tokens", help="Largest max_tokens accepted.")]
+MaxPrompt = Annotated[int, Opt("--max-prompt", help="Longest prompt, in characters.")]
+MaxBody = Annotated[int, Opt("--max-body", help="Largest request body, in bytes.")]
+Timeout = Annotated[
+    float, Opt("--timeout", help="Seconds a request may take, queue included; then it is cut.")
+]
+Device = Annotated[ServeDevice, Opt("--device", help="Where the model runs.")]
+Threads = Annotated[
+    int | None,
+    Opt("--threads", help="CPU threads for the steps (default 1).", show_default=False),
+]
+Name = Annotated[
+    str | None, Opt("--name", help="Model id in responses; default: the run folder's name.")
+]
+
+
 @friendly
 def serve(
-    run: Path = typer.Argument(..., help=RUN_HELP, autocompletion=complete_run),
-    host: str = typer.Option(
-        "127.0.0.1", "--host", help="Address to bind; any but loopback is reachable (warned)."
-    ),
-    port: int = typer.Option(8000, "--port", help="TCP port."),
-    max_batch: int = typer.Option(64, "--max-batch", help="Streams stepped together, at most."),
-    max_queue: int = typer.Option(
-        256, "--max-queue", help="Streams waiting for a batch slot; past it requests get 429."
-    ),
-    api_key: str | None = typer.Option(
-        None,
-        "--api-key",
-        envvar="CHARLM_API_KEY",
-        help="Require 'Authorization: Bearer KEY' on every route but /health and the page.",
-        show_default=False,
-    ),
-    max_tokens: int = typer.Option(4096, "--max-tokens", help="Largest max_tokens accepted."),
-    max_prompt: int = typer.Option(4096, "--max-prompt", help="Longest prompt, in characters."),
-    max_body: int = typer.Option(1 << 20, "--max-body", help="Largest request body, in bytes."),
-    timeout: float = typer.Option(
-        120.0, "--timeout", help="Seconds a request may take, queue included; then it is cut."
-    ),
-    unknown: Unknown = typer.Option("error", "--unknown", help=UNKNOWN_HELP.format(what="prompts")),
-    precision: SamplePrecision = typer.Option("fp32", "--precision", help=PRECISION_HELP),
-    device: ServeDevice = typer.Option("cpu", "--device", help="Where the model runs."),
-    threads: int | None = typer.Option(
-        None, "--threads", help="CPU threads for the steps (default 1).", show_default=False
-    ),
-    name: str | None = typer.Option(
-        None, "--name", help="Model id in responses; default: the run folder's name."
-    ),
+    run: RunArg,
+    host: Host = "127.0.0.1",
+    port: Port = 8000,
+    max_batch: MaxBatch = 64,
+    max_queue: MaxQueue = 256,
+    api_key: ApiKey = None,
+    max_tokens: MaxTokens = 4096,
+    max_prompt: MaxPrompt = 4096,
+    max_body: MaxBody = 1 << 20,
+    timeout: Timeout = 120.0,
+    unknown: UnknownInPrompts = "error",
+    precision: PrecisionOption = "fp32",
+    device: Device = "cpu",
+    threads: Threads = None,
+    name: Name = None,
 ) -> None:
     """Serve a run over HTTP: OpenAI's /v1/completions (streaming too), /v1/models, /health,
     and a playground page at /."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import shlex
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -24,39 +24,43 @@ INIT_FROM_HELP = (
 )
 
 
+Opt = typer.Option
+TRAIN_ARGS_HELP = (
+    "A YAML config or a preset's name (`charlm presets`; built-in defaults without one), then "
+    "dotted overrides, e.g. train.lr=3e-4 model.cell=gru."
+)
+RESUME_HELP = (
+    "Continue this run folder from its newest intact checkpoint, with its recorded config (only "
+    "train.max_steps, train.max_time and train.device may be overridden)."
+)
+NPROC_HELP = (
+    "Data-parallel training in N processes on this machine (launches torchrun; train.batch_size "
+    "is the global batch). See docs/distributed.md."
+)
+TrainArgs = Annotated[
+    list[str] | None,
+    typer.Argument(metavar="[CONFIG] [KEY=VALUE]...", help=TRAIN_ARGS_HELP, show_default=False,
+                   autocompletion=complete_config),
+]  # fmt: skip
+RunOut = Annotated[
+    Path | None, Opt("--out", "-o", help="Run folder (default: runs/<config>-<time>).")
+]
+Quiet = Annotated[bool, Opt("--quiet", "-q", help="Plain log lines instead of a progress bar.")]
+Resume = Annotated[Path | None, Opt("--resume", help=RESUME_HELP, autocompletion=complete_run)]
+InitFrom = Annotated[
+    str | None, Opt("--init-from", help=INIT_FROM_HELP, autocompletion=complete_run)
+]
+Nproc = Annotated[int | None, Opt("--nproc", help=NPROC_HELP, show_default=False)]
+
+
 @friendly
 def train(
-    args: list[str] = typer.Argument(
-        None,
-        metavar="[CONFIG] [KEY=VALUE]...",
-        help="A YAML config or a preset's name (`charlm presets`; built-in defaults without "
-        "one), then dotted overrides, e.g. train.lr=3e-4 model.cell=gru.",
-        show_default=False,
-        autocompletion=complete_config,
-    ),
-    out: Path | None = typer.Option(
-        None, "--out", "-o", help="Run folder (default: runs/<config>-<time>)."
-    ),
-    quiet: bool = typer.Option(
-        False, "--quiet", "-q", help="Plain log lines instead of a progress bar."
-    ),
-    resume: Path | None = typer.Option(
-        None,
-        "--resume",
-        help="Continue this run folder from its newest intact checkpoint, with its recorded "
-        "config (only train.max_steps, train.max_time and train.device may be overridden).",
-        autocompletion=complete_run,
-    ),
-    init_from: str | None = typer.Option(
-        None, "--init-from", help=INIT_FROM_HELP, autocompletion=complete_run
-    ),
-    nproc: int | None = typer.Option(
-        None,
-        "--nproc",
-        help="Data-parallel training in N processes on this machine (launches torchrun; "
-        "train.batch_size is the global batch). See docs/distributed.md.",
-        show_default=False,
-    ),
+    args: TrainArgs = None,
+    out: RunOut = None,
+    quiet: Quiet = False,
+    resume: Resume = None,
+    init_from: InitFrom = None,
+    nproc: Nproc = None,
 ) -> None:
     """Train a model; the run folder gets config.yaml, metrics.jsonl and checkpoints/.
 
@@ -170,24 +174,24 @@ def _finish_report() -> None:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
+SWEEP_ARGS_HELP = (
+    "An experiment YAML (see docs/experiments.md) or a shipped experiment's name (`charlm "
+    "presets`), then dotted overrides applied to every run, e.g. train.max_time=60 "
+    "data.corpus=my.txt."
+)
+SweepArgs = Annotated[
+    list[str],
+    typer.Argument(metavar="EXPERIMENT [KEY=VALUE]...", help=SWEEP_ARGS_HELP, show_default=False,
+                   autocompletion=complete_experiment),
+]  # fmt: skip
+SweepOut = Annotated[
+    Path | None, Opt("--out", "-o", help="Folder for the runs (default: runs/<experiment>).")
+]
+SweepQuiet = Annotated[bool, Opt("--quiet", "-q", help="Plain log lines instead of progress bars.")]
+
+
 @friendly
-def sweep(
-    args: list[str] = typer.Argument(
-        ...,
-        metavar="EXPERIMENT [KEY=VALUE]...",
-        help="An experiment YAML (see docs/experiments.md) or a shipped experiment's name "
-        "(`charlm presets`), then dotted overrides applied to every run, e.g. "
-        "train.max_time=60 data.corpus=my.txt.",
-        show_default=False,
-        autocompletion=complete_experiment,
-    ),
-    out: Path | None = typer.Option(
-        None, "--out", "-o", help="Folder for the runs (default: runs/<experiment>)."
-    ),
-    quiet: bool = typer.Option(
-        False, "--quiet", "-q", help="Plain log lines instead of progress bars."
-    ),
-) -> None:
+def sweep(args: SweepArgs, out: SweepOut = None, quiet: SweepQuiet = False) -> None:
     """Train every run of an experiment in turn (skipping finished ones), then compare them."""
     from charlm.cpu.memory import keep_freed_memory
     from charlm.experiment import load_experiment
