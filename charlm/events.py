@@ -28,7 +28,7 @@ class Started:
     max_steps: int | None
     max_time: float | None
     step: int
-    elapsed_s: float = 0.0  # trained already (a resumed run's time before this session)
+    elapsed_s: float = 0.0  # trained already (a resumed run's time before this attempt)
 
 
 @dataclass(frozen=True)
