@@ -89,10 +89,10 @@ def run_recorded(trainer: Trainer) -> TrainResult:
 
 
 def _recorded(trainer: Trainer) -> TrainResult:
-    run = loggers.RunContext(trainer.run_dir, trainer.config, trainer.step)
-    trackers = loggers.Loggers(run, trainer.emit)
-    trainer.emit = trackers.emit
-    with running_lock(trainer.run_dir):
+    with running_lock(trainer.run_dir):  # trackers start only for the process that trains
+        run = loggers.RunContext(trainer.run_dir, trainer.config, trainer.step)
+        trackers = loggers.Loggers(run, trainer.emit)
+        trainer.emit = trackers.emit
         try:
             return trainer.run()
         except Exception as e:
