@@ -6,6 +6,7 @@ or a test decide what to do with them (match on the class, not on a string).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -60,6 +61,12 @@ class Logged:
     @property
     def train_loss(self) -> float | None:
         return self.row.get("train_loss")
+
+    @property
+    def train_bpc(self) -> float | None:
+        """The train loss in bits per character (metrics.jsonl keeps nats)."""
+        loss = self.train_loss
+        return None if loss is None else loss / math.log(2)
 
     @property
     def val_bpc(self) -> float | None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -80,8 +79,8 @@ def numbers(event: ev.Logged) -> dict[str, float]:
         for key, value in event.row.items()
         if key != "step" and isinstance(value, (int, float)) and not isinstance(value, bool)
     }
-    if event.train_loss is not None:
-        found["train_bpc"] = event.train_loss / math.log(2)
+    if event.train_bpc is not None:
+        found["train_bpc"] = event.train_bpc
     return found
 
 

@@ -3,11 +3,9 @@ scalar at its step under RUN/tensorboard/, and the resolved config as text."""
 
 from __future__ import annotations
 
-import math
-
 from charlm import events as ev
 from charlm.config import dump_yaml
-from charlm.loggers.base import RunContext
+from charlm.loggers.base import RunContext, numbers
 
 PACKAGE = "tensorboard"
 TENSORBOARD_DIR = "tensorboard"
@@ -19,6 +17,7 @@ TAGS = {
     "val_bpc": "bpc/val",
     "lr": "lr",
     "chars_per_s": "speed/chars_per_s",
+    "train_bpc": "bpc/train",
 }
 
 
@@ -51,12 +50,10 @@ class TensorBoardLogger:
     def handle(self, event: ev.Event) -> None:
         if not isinstance(event, ev.Logged):
             return
-        row = event.row
+        values = numbers(event)
         for key, tag in TAGS.items():
-            if key in row:
-                self.writer.add_scalar(tag, float(row[key]), event.step)
-        if event.train_loss is not None:
-            self.writer.add_scalar("bpc/train", event.train_loss / math.log(2), event.step)
+            if key in values:
+                self.writer.add_scalar(tag, values[key], event.step)
 
     def close(self) -> None:
         self.writer.flush()
