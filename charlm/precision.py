@@ -134,6 +134,12 @@ def synchronize(device: torch.device) -> None:
         torch.mps.synchronize()
 
 
+def wide_float(device: torch.device) -> torch.dtype:
+    """The widest float `device` computes in, for sums and scores kept on it: float64, except on
+    an Apple GPU (mps), which has none."""
+    return torch.float32 if device.type == "mps" else torch.float64
+
+
 def empty_cache(device: torch.device) -> None:
     """Hand the GPU memory torch keeps cached for reuse back to the device (a no-op on a CPU)."""
     if device.type == "cuda":

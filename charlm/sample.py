@@ -25,6 +25,7 @@ from torch import nn
 
 from charlm.errors import CharlmError
 from charlm.model import CharLM
+from charlm.precision import wide_float
 from charlm.sample_options import SampleOptions
 from charlm.stepper import make_stepper
 from charlm.vocab import Vocab
@@ -287,9 +288,7 @@ def beam_search(model: CharLM, vocab: Vocab, prime: str, options: SampleOptions)
     device = next(model.parameters()).device
     stepper = make_stepper(model, precision=options.precision, batch=beam)
     logits, state = stepper.start(torch.tensor([prime_ids], device=device))
-    # Scores add up in float64, except on an Apple GPU (mps), which has no float64.
-    dtype = torch.float32 if device.type == "mps" else torch.float64
-    scores = torch.zeros(1, dtype=dtype, device=device)
+    scores = torch.zeros(1, dtype=wide_float(device), device=device)
     if not stops:  # nothing to check per step: the beam stays on the device, no wait a step
         return _beam_to_the_end(stepper, logits, state, scores, beam, options.length, vocab, prime)[
             : options.num_samples

@@ -159,7 +159,7 @@ class DeferredCheck:
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
-        wide = torch.float32 if device.type == "mps" else torch.float64  # mps has no float64
+        wide = prec.wide_float(device)
         self.first_step = torch.zeros((), dtype=torch.int64, device=device)  # 0: none yet
         self.first_values = torch.zeros(2, dtype=wide, device=device)  # its loss and norm
 
