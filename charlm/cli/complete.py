@@ -64,29 +64,29 @@ def _config_files(incomplete: str) -> list[str]:
     return list(_walk(incomplete, _is_yaml, lambda p: p.is_dir() and not _is_run(p)))
 
 
-def _presets(incomplete: str, experiments: bool) -> list[tuple[str, str]]:
+def _presets_then_files(incomplete: str, experiments: bool) -> list[tuple[str, str]]:
+    """Preset (or experiment) names with their descriptions, then YAML files; nothing for a
+    KEY=VALUE override."""
     from charlm.presets import list_presets
 
-    if "/" in incomplete or "=" in incomplete:
+    if "=" in incomplete:
         return []
+    files = [(name, "") for name in _config_files(incomplete)]
+    if "/" in incomplete:
+        return files
     found = list_presets(experiments)
-    return [(p.name, p.description) for p in found if p.name.startswith(incomplete)]
+    names = [(p.name, p.description) for p in found if p.name.startswith(incomplete)]
+    return [*names, *files]
 
 
 def complete_config(incomplete: str) -> list[tuple[str, str]]:
-    """`charlm train`'s CONFIG: preset names (with their descriptions), then YAML files."""
-    if "=" in incomplete:
-        return []  # a KEY=VALUE override
-    files = [(name, "") for name in _config_files(incomplete)]
-    return [*_presets(incomplete, experiments=False), *files]
+    """`charlm train`'s CONFIG: preset names, then YAML files."""
+    return _presets_then_files(incomplete, experiments=False)
 
 
 def complete_experiment(incomplete: str) -> list[tuple[str, str]]:
     """`charlm sweep`'s EXPERIMENT: experiment names, then YAML files."""
-    if "=" in incomplete:
-        return []
-    files = [(name, "") for name in _config_files(incomplete)]
-    return [*_presets(incomplete, experiments=True), *files]
+    return _presets_then_files(incomplete, experiments=True)
 
 
 def complete_corpus_name(incomplete: str) -> list[str]:
