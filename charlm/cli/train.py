@@ -129,14 +129,13 @@ def _checked_config(resume: Path | None, config_path: str | None, out: Path | No
 def _new_run(
     config_path: str | None, overrides: list[str], out: Path | None
 ) -> tuple[Config, Path]:
-    """A new run's config, its corpus checked up front, and its folder."""
+    """A new run's config and its folder (a missing corpus is the library's error, raised before
+    the folder is made)."""
     from charlm.config import load_config
-    from charlm.presets import check_corpus
     from charlm.rundir import default_run_dir
 
-    config = load_config(config_path, overrides)
-    check_corpus(config.data.corpus)
-    return config, (out if out is not None else default_run_dir(config_path))
+    run_dir = out if out is not None else default_run_dir(config_path)
+    return load_config(config_path, overrides), run_dir
 
 
 def _launch(
